@@ -1,0 +1,138 @@
+"""pytest fixtures for the real stack (enable with ``pytest_plugins = ["testenv.fixtures"]``).
+
+Every fixture is session-scoped: a component starts once, on the first test that needs it.
+The first request starts together everything the selected tests need, so independent
+components start in parallel. All of it stops at the end of the session, on Ctrl-C and on
+SIGTERM; the processes also die with the pytest process if it is killed.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Generator, Iterator
+from types import FrameType
+
+import pytest
+
+from testenv.cluster import Cluster
+from testenv.haproxy import HAProxy
+from testenv.kube import NODE_NAME, KubeAPIServer
+from testenv.minio import MinIO
+from testenv.prometheus import Prometheus, PrometheusAPI
+from testenv.stack import Stack
+
+# Fixture name -> stack group of the same name (see testenv.stack.GROUPS).
+STACK_FIXTURES = ("apiserver", "nodes", "minio", "prometheus", "haproxy")
+LOG_LINES = 60
+
+_stack_key = pytest.StashKey[Stack]()
+
+
+def _sigterm(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "nodes: needs simulated nodes (kube-scheduler + kwok); added automatically"
+    )
+    config.addinivalue_line(
+        "markers", "stack: uses a real component of the test stack; added automatically"
+    )
+    # SIGTERM (CI cancelling the job) unwinds like Ctrl-C, so fixture teardown runs.
+    main_thread = threading.current_thread() is threading.main_thread()
+    if main_thread and signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+        signal.signal(signal.SIGTERM, _sigterm)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        names = set(getattr(item, "fixturenames", ()))
+        if "nodes" in names:
+            item.add_marker(pytest.mark.nodes)
+        if names & set(STACK_FIXTURES):
+            item.add_marker(pytest.mark.stack)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, None]:
+    outcome = yield
+    report = outcome.get_result()
+    stack = item.session.stash.get(_stack_key, None)
+    if not report.failed or stack is None:
+        return
+    if not set(getattr(item, "fixturenames", ())) & {*STACK_FIXTURES, "testenv_stack"}:
+        return
+    for component in stack.components():
+        log = "\n".join(p.tail(LOG_LINES) for p in component.processes)
+        report.sections.append((f"testenv: {component.name} log ({component.log_path})", log))
+
+
+@pytest.fixture(scope="session")
+def testenv_stack(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    """The session's stack; data, certs and logs live in a pytest temp dir."""
+    stack = Stack(tmp_path_factory.mktemp("testenv"))
+    request.session.stash[_stack_key] = stack
+    wanted = sorted(
+        {
+            name
+            for item in request.session.items
+            for name in getattr(item, "fixturenames", ())
+            if name in STACK_FIXTURES
+        }
+    )
+    try:
+        # Start together what the selected tests need. A failure is remembered by the stack
+        # and raised by the fixture that needs the failed component.
+        stack.up_quietly(*wanted)
+        yield stack
+    finally:
+        stack.stop()
+
+
+@pytest.fixture(scope="session")
+def apiserver(testenv_stack: Stack) -> Cluster:
+    """etcd + kube-apiserver + kube-controller-manager; the admin's :class:`Cluster`."""
+    testenv_stack.up("apiserver")
+    component = testenv_stack.component("kube-apiserver")
+    assert isinstance(component, KubeAPIServer)
+    return Cluster(component)
+
+
+@pytest.fixture(scope="session")
+def nodes(testenv_stack: Stack, apiserver: Cluster) -> list[str]:
+    """kube-scheduler + kwok + one simulated node; the names of the Ready nodes."""
+    testenv_stack.up("nodes")
+    return [NODE_NAME]
+
+
+@pytest.fixture(scope="session")
+def minio(testenv_stack: Stack) -> MinIO:
+    """A MinIO server: ``endpoint``, ``access_key``, ``secret_key``, versioned ``bucket``."""
+    testenv_stack.up("minio")
+    component = testenv_stack.component("minio")
+    assert isinstance(component, MinIO)
+    return component
+
+
+@pytest.fixture(scope="session")
+def prometheus(testenv_stack: Stack) -> PrometheusAPI:
+    """Prometheus with a 1 s scrape interval; add targets with ``add_target``."""
+    testenv_stack.up("prometheus")
+    component = testenv_stack.component("prometheus")
+    assert isinstance(component, Prometheus)
+    return PrometheusAPI.of(component)
+
+
+@pytest.fixture(scope="session")
+def haproxy(testenv_stack: Stack) -> HAProxy:
+    """HAProxy: ``url`` to send traffic to, ``runtime()`` for its admin socket."""
+    testenv_stack.up("haproxy")
+    component = testenv_stack.component("haproxy")
+    assert isinstance(component, HAProxy)
+    return component
