@@ -110,12 +110,14 @@ class Stack:
                 raise self._failed[name]
         begun = time.monotonic()
         started: dict[str, float] = {}
+        current = ""  # the component being acted on, to blame for an unexpected exception
         try:
             while todo:
                 for name in todo:
                     if name in started:
                         continue
                     if all(r in self._ready for r in COMPONENTS[name].requires):
+                        current = name
                         component = COMPONENTS[name](self)
                         self._components[name] = component
                         started[name] = time.monotonic()
@@ -123,6 +125,7 @@ class Stack:
                 for name in list(todo):
                     if name not in started:
                         continue
+                    current = name
                     component = self._components[name]
                     component.check_alive()
                     if component.probe():
@@ -139,13 +142,10 @@ class Stack:
             self._stop(list(started))
             raise
         except Exception as exc:
-            # A probe or set-up step raised: blame the first component not yet ready.
-            failing = next((n for n in todo if n in started), None)
-            error = (
-                self._components[failing].error(f"{type(exc).__name__}: {exc}")
-                if failing
-                else ComponentError("stack", f"{type(exc).__name__}: {exc}")
-            )
+            # A missing binary, a probe or a set-up step raised: blame the component at hand.
+            reason = f"{type(exc).__name__}: {exc}"
+            failing = self._components.get(current)
+            error = failing.error(reason) if failing else ComponentError(current or "stack", reason)
             self._failed[error.component] = error
             self._stop(list(started))
             raise error from exc
