@@ -1,0 +1,232 @@
+"""A model repository and datasets in S3 (MinIO), through the ``minio`` client."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import functools
+import io
+import json
+import os
+import pathlib
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, TypeVar
+
+import urllib3
+from minio import Minio
+from minio.error import S3Error
+
+from mlcd.artifacts.credentials import SecretResolver, s3_keys
+from mlcd.artifacts.hashing import sha256_file
+from mlcd.domain.records import ModelRef
+from mlcd.domain.spec import StorageLocation
+from mlcd.domain.versions import next_version
+from mlcd.errors import PermanentError, StoreUnavailable, VersionExists
+from mlcd.ports import DatasetObject
+
+METADATA = "metadata.json"
+T = TypeVar("T")
+_MISSING = ("NoSuchKey", "NoSuchObject", "NoSuchVersion")
+
+
+def s3_client(location: StorageLocation, secrets: SecretResolver) -> Minio:
+    endpoint = (
+        location.endpoint
+        or os.environ.get("AWS_ENDPOINT_URL_S3")
+        or os.environ.get("AWS_ENDPOINT_URL")
+        or "https://s3.amazonaws.com"
+    )
+    secure = not endpoint.startswith("http://")
+    host = endpoint.split("://", 1)[-1].rstrip("/")
+    ref = location.credentials_secret_ref
+    access, secret = s3_keys(ref.name if ref else None, secrets)
+    http = urllib3.PoolManager(
+        timeout=urllib3.Timeout(connect=5, read=60),
+        retries=urllib3.Retry(total=2, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]),
+    )
+    return Minio(
+        host,
+        access_key=access,
+        secret_key=secret,
+        secure=secure,
+        http_client=http,
+        region=os.environ.get("AWS_REGION", "us-east-1"),
+    )
+
+
+def _call(what: str, fn: Callable[[], T]) -> T:
+    """Tells an unreachable store (temporary) from a refusal (permanent)."""
+    try:
+        return fn()
+    except S3Error as exc:
+        if exc.code in (
+            "AccessDenied",
+            "InvalidAccessKeyId",
+            "SignatureDoesNotMatch",
+            "NoSuchBucket",
+        ):
+            raise PermanentError(f"{what}: {exc.code}: {exc.message}") from exc
+        raise StoreUnavailable(f"{what}: {exc.code}: {exc.message}") from exc
+    except (urllib3.exceptions.HTTPError, OSError) as exc:
+        raise StoreUnavailable(f"{what}: object store unreachable ({exc})") from exc
+
+
+class S3Store:
+    """``s3://bucket/<prefix>/<model>/<version>/``. ``metadata.json`` is written last and is
+    the commit mark: a version without it is not listed, and its leftovers are removed."""
+
+    def __init__(self, client: Minio, bucket: str, prefix: str) -> None:
+        self.client, self.bucket, self.prefix = client, bucket, prefix
+
+    def _key(self, *parts: str) -> str:
+        return "/".join(p for p in (self.prefix, *parts) if p)
+
+    def uri(self, model: str, version: str | None = None) -> str:
+        return f"s3://{self.bucket}/{self._key(model, version or '')}".rstrip("/") + (
+            "/" if version else ""
+        )
+
+    def _objects(self, model: str) -> Iterator[str]:
+        base = self._key(model) + "/"
+        objects = _call(
+            f"listing {self.uri(model)}",
+            lambda: list(self.client.list_objects(self.bucket, prefix=base, recursive=True)),
+        )
+        for obj in objects:
+            yield str(obj.object_name)[len(base) :]
+
+    def _all_versions(self, model: str) -> tuple[set[str], set[str]]:
+        seen, committed = set(), set()
+        for rel in self._objects(model):
+            version, _, name = rel.partition("/")
+            if version.isdigit():
+                seen.add(version)
+                if name == METADATA:
+                    committed.add(version)
+        return seen, committed
+
+    def versions(self, model: str) -> list[str]:
+        return sorted(self._all_versions(model)[1], key=int)
+
+    def metadata(self, model: str, version: str) -> dict[str, Any] | None:
+        key = self._key(model, version, METADATA)
+
+        def read() -> bytes | None:
+            try:
+                response = self.client.get_object(self.bucket, key)
+            except S3Error as exc:
+                if exc.code in _MISSING:
+                    return None
+                raise
+            try:
+                return bytes(response.read())
+            finally:
+                response.close()
+                response.release_conn()
+
+        data = _call(f"reading {key}", read)
+        return None if data is None else dict(json.loads(data))
+
+    def publish(
+        self, model: str, run_id: str, files: Mapping[str, pathlib.Path], metadata: dict[str, Any]
+    ) -> ModelRef:
+        if "model.onnx" not in files:
+            raise PermanentError("a published version needs model.onnx")
+        seen, committed = self._all_versions(model)
+        for version in sorted(committed, key=int, reverse=True):
+            meta = self.metadata(model, version) or {}
+            if meta.get("run") == run_id:
+                return ModelRef(
+                    uri=self.uri(model, version), version=version, sha256=str(meta["sha256"])
+                )
+        # Versions left half-written by a crash are skipped, never reused.
+        version = next_version(seen)
+        digest = sha256_file(files["model.onnx"])
+        meta = {
+            **metadata,
+            "version": version,
+            "sha256": digest,
+            "run": run_id,
+            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        }
+        written: list[str] = []
+        try:
+            for name, source in files.items():
+                key = self._key(model, version, name)
+                _call(
+                    f"uploading {key}",
+                    functools.partial(self.client.fput_object, self.bucket, key, str(source)),
+                )
+                written.append(key)
+            marker = self._key(model, version, METADATA)
+            if self.metadata(model, version) is not None:
+                raise VersionExists(f"{self.uri(model, version)} already exists")
+            body = json.dumps(meta, indent=2, sort_keys=True).encode()
+            _call(
+                f"uploading {marker}",
+                lambda: self.client.put_object(
+                    self.bucket,
+                    marker,
+                    io.BytesIO(body),
+                    len(body),
+                    content_type="application/json",
+                ),
+            )
+        except BaseException:
+            for key in written:
+                with contextlib.suppress(Exception):
+                    self.client.remove_object(self.bucket, key)
+            raise
+        return ModelRef(uri=self.uri(model, version), version=version, sha256=digest)
+
+    def fetch(self, model: str, version: str, directory: pathlib.Path) -> pathlib.Path:
+        if self.metadata(model, version) is None:
+            raise PermanentError(f"{self.uri(model, version)} not found")
+        target = directory / model / version
+        target.mkdir(parents=True, exist_ok=True)
+        base = self._key(model, version) + "/"
+        for rel in list(self._objects(model)):
+            if rel.startswith(version + "/"):
+                name = rel.split("/", 1)[1]
+                _call(
+                    f"downloading {base}{name}",
+                    functools.partial(
+                        self.client.fget_object, self.bucket, base + name, str(target / name)
+                    ),
+                )
+        return target
+
+
+class S3Dataset:
+    def __init__(self, client: Minio, bucket: str, key: str) -> None:
+        self.client, self.bucket, self.key = client, bucket, key
+
+    def version(self) -> str:
+        def stat() -> str:
+            try:
+                info = self.client.stat_object(self.bucket, self.key)
+            except S3Error as exc:
+                if exc.code in _MISSING:
+                    raise PermanentError(
+                        f"dataset s3://{self.bucket}/{self.key} does not exist"
+                    ) from exc
+                raise
+            if info.version_id and info.version_id != "null":
+                return f"version:{info.version_id}"
+            return f"etag:{info.etag}"
+
+        return _call(f"checking s3://{self.bucket}/{self.key}", stat)
+
+    def fetch(self, directory: pathlib.Path) -> DatasetObject:
+        version = self.version()
+        target = directory / pathlib.PurePosixPath(self.key).name
+        directory.mkdir(parents=True, exist_ok=True)
+        # Read exactly the version that was identified, even if a newer one lands meanwhile.
+        version_id = version.removeprefix("version:") if version.startswith("version:") else None
+        _call(
+            f"downloading s3://{self.bucket}/{self.key}",
+            lambda: self.client.fget_object(
+                self.bucket, self.key, str(target), version_id=version_id
+            ),
+        )
+        return DatasetObject(path=target, version=version)

@@ -1,0 +1,297 @@
+"""The ``mlcd`` command.
+
+Exit codes: 0 promoted (or success), 1 failed, 2 bad input, 3 rejected, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import pathlib
+import sys
+import time
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from mlcd import __version__
+from mlcd.domain.records import RunRecord
+from mlcd.domain.spec import ModelPipeline
+from mlcd.errors import MlcdError, SpecError
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_REJECTED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_BY_RESULT = {"promoted": EXIT_OK, "rejected": EXIT_REJECTED, "failed": EXIT_FAILED}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mlcd", description="Continuous training and delivery of ML models."
+    )
+    parser.add_argument("--version", action="version", version=f"mlcd {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the whole loop once on this machine")
+    run.add_argument("file", type=pathlib.Path, help="a ModelPipeline YAML file")
+    run.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a spec field, e.g. tuning.maxTrials=2 (repeatable)",
+    )
+    run.add_argument("--output", choices=["text", "json"], default="text")
+
+    check = sub.add_parser("validate", help="check a ModelPipeline file without running it")
+    check.add_argument("file", type=pathlib.Path)
+    check.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+
+    status = sub.add_parser("status", help="what is served and the last runs")
+    status.add_argument("name", nargs="?", help="a pipeline name (default: all)")
+    status.add_argument("--namespace", default="default")
+    status.add_argument("--output", choices=["text", "json"], default="text")
+
+    down = sub.add_parser("down", help="stop the local model servers")
+    down.add_argument("name", nargs="?", help="a pipeline name (default: all)")
+    down.add_argument("--namespace", default="default")
+
+    comp = sub.add_parser("compile", help="write the pipeline's KFP IR package")
+    comp.add_argument("-o", "--output", type=pathlib.Path, default=pathlib.Path("pipeline.yaml"))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    out, err = Console(), Console(stderr=True)
+    try:
+        if args.command == "run":
+            return cmd_run(args, out, err)
+        if args.command == "validate":
+            return cmd_validate(args, out, err)
+        if args.command == "status":
+            return cmd_status(args, out)
+        if args.command == "down":
+            return cmd_down(args, out)
+        if args.command == "compile":
+            from mlcd.pipeline.definition import compile_to
+
+            compile_to(args.output)
+            out.print(f"wrote {args.output}")
+            return EXIT_OK
+    except SpecError as exc:
+        _print_problems(err, exc)
+        return EXIT_BAD_INPUT
+    except MlcdError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        return EXIT_FAILED
+    return EXIT_BAD_INPUT
+
+
+def _print_problems(err: Console, exc: SpecError) -> None:
+    err.print(
+        f"[red]invalid ModelPipeline[/] ({len(exc.problems)} problem"
+        f"{'s' if len(exc.problems) != 1 else ''}):"
+    )
+    for problem in exc.problems:
+        err.print(f"  {problem}", markup=False, highlight=False)
+
+
+def cmd_validate(args: argparse.Namespace, out: Console, err: Console) -> int:
+    from mlcd import specfile
+
+    pipeline, _ = specfile.load(args.file, args.overrides)
+    out.print(f"{args.file}: ModelPipeline {pipeline.namespace}/{pipeline.name} is valid")
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace, out: Console, err: Console) -> int:
+    from mlcd import specfile
+    from mlcd.domain.checks import parse_pipeline
+    from mlcd.loop import LocalLoop, resolve_locations
+    from mlcd.progress import RunView, follow
+    from mlcd.settings import LocalSettings
+
+    pipeline, raw = specfile.load(args.file, args.overrides)
+    settings = LocalSettings()
+    loop = LocalLoop(settings)
+    resource = resolve_locations(raw, args.file.resolve().parent, settings.models)
+    pipeline = parse_pipeline(resource)
+    started = time.monotonic()
+    with loop.exclusive(pipeline):
+        run_id = loop.start(pipeline, resource)
+        log = loop.engine.events(run_id)
+        assert log is not None
+
+        def finished() -> bool:
+            record = loop.engine.get(run_id)
+            return record is None or record.result != "running" or record.stage == "serve"
+
+        interrupted = False
+        view = RunView(err, pipeline) if args.output == "text" else None
+        if view is not None:
+            err.print(f"run [bold]{run_id}[/] of {pipeline.namespace}/{pipeline.name}")
+        with view if view is not None else contextlib.nullcontext():
+            try:
+                follow(log, finished, view.apply if view is not None else lambda event: None)
+            except KeyboardInterrupt:
+                interrupted = True
+                err.print("[yellow]interrupted: stopping the run and its processes[/]")
+                loop.engine.cancel(run_id)
+            record = loop.engine.get(run_id) or RunRecord(
+                id=run_id, result="failed", reason="the run disappeared"
+            )
+            if interrupted and record.result == "running":
+                record = record.model_copy(update={"result": "failed", "reason": "cancelled"})
+            record = loop.finish(pipeline, record)
+            if view is not None:
+                view.serving(record)
+    elapsed = time.monotonic() - started
+    summary = _summary(loop, pipeline, record, elapsed)
+    if args.output == "json":
+        sys.stdout.write(json.dumps(summary, indent=2, default=str) + "\n")
+    else:
+        _print_summary(out, summary)
+    if interrupted:
+        return EXIT_INTERRUPTED
+    return EXIT_BY_RESULT.get(record.result, EXIT_FAILED)
+
+
+def _summary(
+    loop: Any, pipeline: ModelPipeline, record: RunRecord, elapsed: float
+) -> dict[str, Any]:
+    state = loop.state(pipeline)
+    serving = state.serving
+    report = loop.report_path(record.id)
+    return {
+        "run": record.id,
+        "pipeline": f"{pipeline.namespace}/{pipeline.name}",
+        "result": record.result,
+        "stage": record.stage,
+        "reason": record.reason,
+        "params": record.params,
+        "metrics": record.metrics,
+        "gate": record.gate.model_dump(by_alias=True) if record.gate else None,
+        "data": record.data.model_dump(by_alias=True, exclude={"class_counts"})
+        if record.data
+        else None,
+        "model": record.model.model_dump(by_alias=True) if record.model else None,
+        "serving": {"url": serving.url, "version": serving.version, "sha256": serving.sha256}
+        if serving
+        else {"url": None, "version": None, "sha256": None},
+        "timings": {**record.timings, "total": round(elapsed, 2)},
+        "report": str(report) if report and report.exists() else None,
+    }
+
+
+def _print_summary(out: Console, s: dict[str, Any]) -> None:
+    colour = {"promoted": "green", "rejected": "yellow", "failed": "red"}.get(s["result"], "white")
+    table = Table(title=f"run {s['run']}", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("result", f"[{colour}]{s['result']}[/]")
+    if s["reason"]:
+        table.add_row("reason", str(s["reason"]))
+    for name, value in (s["params"] or {}).items():
+        table.add_row(f"param {name}", f"{value:.6g}" if isinstance(value, float) else str(value))
+    for name, value in (s["metrics"] or {}).items():
+        table.add_row(name, f"{value:.4f}")
+    if s["gate"]:
+        table.add_row(
+            "gate", ("passed: " if s["gate"]["passed"] else "refused: ") + s["gate"]["reason"]
+        )
+    if s["model"]:
+        table.add_row("model", f"version {s['model']['version']}  {s['model']['uri']}")
+        table.add_row("sha256", s["model"]["sha256"])
+    served = s["serving"]
+    if served["url"]:
+        table.add_row("serving", f"version {served['version']} at {served['url']}")
+    table.add_row("timings", "  ".join(f"{k} {v:.1f}s" for k, v in s["timings"].items()))
+    if s["report"]:
+        table.add_row("report", s["report"])
+    out.print(table)
+
+
+def _pipeline_dirs(home: pathlib.Path, namespace: str, name: str | None) -> list[pathlib.Path]:
+    root = home / "pipelines" / namespace
+    if name:
+        return [root / name] if (root / name).is_dir() else []
+    return sorted(d for d in root.iterdir() if d.is_dir()) if root.is_dir() else []
+
+
+def cmd_status(args: argparse.Namespace, out: Console) -> int:
+    from mlcd.serving.local import LocalServing
+    from mlcd.settings import LocalSettings
+    from mlcd.state import PipelineState
+
+    settings = LocalSettings()
+    serving = LocalServing(settings.home, port=settings.serving_port)
+    rows: list[dict[str, Any]] = []
+    for folder in _pipeline_dirs(settings.home, args.namespace, args.name):
+        state = PipelineState.load(folder)
+        served = state.serving
+        live_url = serving.url(served.model) if served else None
+        rows.append(
+            {
+                "pipeline": f"{args.namespace}/{folder.name}",
+                "serving": served.model_dump(by_alias=True) if served else None,
+                "running": live_url is not None,
+                "url": live_url,
+                "runs": [r.model_dump(by_alias=True) for r in state.runs],
+            }
+        )
+    if args.name and not rows:
+        raise MlcdError(f"no pipeline {args.namespace}/{args.name} has run on this machine")
+    if args.output == "json":
+        sys.stdout.write(json.dumps(rows, indent=2, default=str) + "\n")
+        return EXIT_OK
+    if not rows:
+        out.print("no pipeline has run on this machine yet")
+    for row in rows:
+        table = Table(title=row["pipeline"], title_justify="left")
+        for col in ("run", "trigger", "result", "metrics", "model", "reason"):
+            table.add_column(col)
+        for r in row["runs"][-10:]:
+            metrics = " ".join(
+                f"{k}={v:.4f}" for k, v in r["metrics"].items() if k in ("accuracy", "loss")
+            )
+            version = r["model"]["version"] if r.get("model") else ""
+            table.add_row(
+                r["id"], r["trigger"], r["result"], metrics, version, (r.get("reason") or "")[:80]
+            )
+        served = row["serving"]
+        if served:
+            liveness = "serving" if row["running"] else "[red]server not running[/]"
+            out.print(
+                f"[bold]{row['pipeline']}[/]: version {served['version']} {liveness}"
+                f"{' at ' + row['url'] if row['url'] else ''}\n  sha256 {served['sha256']}"
+                f"\n  metrics " + " ".join(f"{k}={v:.4f}" for k, v in served["metrics"].items())
+            )
+        else:
+            out.print(f"[bold]{row['pipeline']}[/]: nothing served")
+        out.print(table)
+    return EXIT_OK
+
+
+def cmd_down(args: argparse.Namespace, out: Console) -> int:
+    from mlcd.serving.local import LocalServing
+    from mlcd.settings import LocalSettings
+    from mlcd.state import PipelineState
+
+    settings = LocalSettings()
+    serving = LocalServing(settings.home, port=settings.serving_port)
+    if args.name:
+        folders = _pipeline_dirs(settings.home, args.namespace, args.name)
+        states = [PipelineState.load(f) for f in folders]
+        models = [s.serving.model for s in states if s.serving] or [args.name]
+    else:
+        models = serving.models()
+    for model in models:
+        serving.stop(model)
+        out.print(f"stopped the model server of {model}")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

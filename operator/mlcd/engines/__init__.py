@@ -1,0 +1,1 @@
+"""Where the pipeline runs: ``local`` (this machine, kfp.local) or, later, ``kubeflow``."""

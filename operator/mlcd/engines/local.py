@@ -1,0 +1,143 @@
+"""The local engine: each run is a ``kfp.local`` process on this machine, in its own session.
+
+Runs are keyed by id: submitting an id that exists starts nothing; a run whose process died
+without a result is reported failed, never silently lost."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+from mlcd.domain.records import STAGES, RunRecord, Stage
+from mlcd.pipeline.context import Baseline, RunContext
+from mlcd.pipeline.events import EventLog
+from mlcd.pipeline.outcome import assemble
+from mlcd.pipeline.trainer import kill_group
+from mlcd.ports import RunRequest
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class LocalEngine:
+    """Implements the pipeline backend port with kfp.local's SubprocessRunner."""
+
+    def __init__(self, home: pathlib.Path) -> None:
+        self.root = home / "runs"
+        self._children: dict[str, subprocess.Popen[bytes]] = {}
+
+    def run_dir(self, namespace: str, run_id: str) -> pathlib.Path:
+        return self.root / namespace / run_id
+
+    def find(self, run_id: str) -> pathlib.Path | None:
+        if not self.root.is_dir():
+            return None
+        return next((d for d in self.root.glob(f"*/{run_id}") if d.is_dir()), None)
+
+    def events(self, run_id: str) -> EventLog | None:
+        folder = self.find(run_id)
+        return EventLog(folder / "events.jsonl") if folder else None
+
+    def submit(self, request: RunRequest) -> None:
+        folder = self.run_dir(request.namespace, request.run_id)
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            # Created once: a second submit of the same id, from anywhere, starts nothing.
+            fd = os.open(folder / "launched", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return
+        os.close(fd)
+        baseline = Baseline.model_validate(request.baseline) if request.baseline else None
+        ctx = RunContext(
+            run_id=request.run_id,
+            trigger=request.trigger,
+            resource=request.spec,
+            run_dir=str(folder),
+            baseline=baseline,
+        )
+        (folder / "context.json").write_text(ctx.model_dump_json(indent=2))
+        started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        with (folder / "pipeline.log").open("ab") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "mlcd.engines.runner", str(folder)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        self._children[request.run_id] = process
+        (folder / "runner.json").write_text(json.dumps({"pid": process.pid, "startedAt": started}))
+
+    def _running(self, run_id: str, folder: pathlib.Path) -> bool:
+        child = self._children.get(run_id)
+        if child is not None:
+            return child.poll() is None
+        try:
+            pid = int(json.loads((folder / "runner.json").read_text())["pid"])
+        except (OSError, ValueError, KeyError):
+            return False
+        return _alive(pid)
+
+    def get(self, run_id: str) -> RunRecord | None:
+        folder = self.find(run_id)
+        if folder is None:
+            return None
+        result = folder / "result.json"
+        if result.is_file():
+            return RunRecord.model_validate_json(result.read_text())
+        ctx = RunContext.model_validate_json((folder / "context.json").read_text())
+        started = None
+        with contextlib.suppress(OSError, ValueError):
+            started = json.loads((folder / "runner.json").read_text()).get("startedAt")
+        if self._running(run_id, folder):
+            stage: Stage = "validate"
+            for event in EventLog(folder / "events.jsonl"):
+                if event.get("kind") == "stage-start" and event.get("stage") in STAGES:
+                    stage = event["stage"]
+            return RunRecord(
+                id=run_id, trigger=ctx.trigger, result="running", stage=stage, started_at=started
+            )
+        record = assemble(folder, run_id, ctx.trigger, started)
+        if record.result == "running":
+            return record
+        reason = record.reason or ""
+        if "without a result" in reason:
+            reason = "the pipeline process ended without a result (see pipeline.log)"
+        return record.model_copy(update={"reason": reason})
+
+    def cancel(self, run_id: str, grace: float = 10.0) -> None:
+        folder = self.find(run_id)
+        if folder is None:
+            return
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            pid = int(json.loads((folder / "runner.json").read_text())["pid"])
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGTERM)
+            deadline = time.monotonic() + grace
+            while time.monotonic() < deadline and self._running(run_id, folder):
+                time.sleep(0.1)
+            kill_group(pid, grace=0)
+        # Trainer groups live in sessions of their own; any left behind are stopped here.
+        for marker in (folder / "procs").glob("*.pgid"):
+            with contextlib.suppress(ValueError):
+                kill_group(int(marker.read_text()), grace=2.0)
+            with contextlib.suppress(FileNotFoundError):
+                marker.unlink()
+        child = self._children.pop(run_id, None)
+        if child is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.wait(timeout=5)

@@ -1,0 +1,65 @@
+"""The process that runs one pipeline run with kfp.local: ``python -m mlcd.engines.runner DIR``.
+
+It is started in its own session by the local engine, so cancelling the run is one signal to
+its process group; it writes ``result.json`` into the run directory when it ends."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pathlib
+import signal
+import sys
+import warnings
+from types import FrameType
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: list[str]) -> int:
+    run_dir = pathlib.Path(argv[1])
+    text = (run_dir / "context.json").read_text()
+    signal.signal(signal.SIGTERM, _interrupt)
+    warnings.filterwarnings("ignore")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+
+    import kfp.local
+
+    from mlcd.pipeline.context import RunContext
+    from mlcd.pipeline.definition import training_pipeline
+    from mlcd.pipeline.outcome import assemble
+
+    # KFP's own runtime flag: component processes skip importing the KFP client (seconds each).
+    os.environ["_KFP_RUNTIME"] = "true"
+    ctx = RunContext.parse(text)
+    started = (
+        json.loads((run_dir / "runner.json").read_text()).get("startedAt")
+        if (run_dir / "runner.json").is_file()
+        else None
+    )
+    kfp.local.init(
+        runner=kfp.local.SubprocessRunner(use_venv=False),
+        pipeline_root=str(run_dir / "kfp"),
+        raise_on_error=False,
+    )
+    cancelled = False
+    try:
+        training_pipeline(context=text)
+    except KeyboardInterrupt:
+        cancelled = True
+    record = assemble(run_dir, ctx.run_id, ctx.trigger, started)
+    if cancelled and record.result == "running":
+        record = record.model_copy(update={"result": "failed", "reason": "cancelled"})
+    elif cancelled and record.result == "failed":
+        record = record.model_copy(update={"reason": f"cancelled during {record.stage}"})
+    tmp = run_dir / ".result.json.tmp"
+    tmp.write_text(record.model_dump_json(by_alias=True, indent=2))
+    tmp.replace(run_dir / "result.json")
+    return 130 if cancelled else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,1 @@
+"""The operator: kopf handlers, the only place kopf is imported."""

@@ -1,0 +1,1 @@
+"""Metric providers (Prometheus) and the operator's own metrics."""

@@ -1,0 +1,241 @@
+"""Running the user's trainer as the trainer contract (docs/trainer-contract.md) says.
+
+Every invocation runs in its own process group, registered in the run's ``procs`` folder,
+so a timeout, a cancel or Ctrl-C stops it and everything it started, and whoever cancels
+the run can find any group a crashed stage left behind.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from types import FrameType
+
+from mlcd.domain import metrics_text
+from mlcd.domain.spec import Trainer
+from mlcd.errors import StageFailed
+
+TAIL_LINES = 20
+
+
+@dataclass
+class TrainerRun:
+    returncode: int
+    seconds: float
+    series: metrics_text.Series = field(default_factory=dict)
+    stderr_tail: list[str] = field(default_factory=list)
+    timed_out: bool = False
+    cancelled: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0 and not self.timed_out and not self.cancelled
+
+    def failure(self) -> str:
+        if self.cancelled:
+            return "cancelled"
+        if self.timed_out:
+            return f"timed out after {self.seconds:.0f}s"
+        tail = "\n".join(self.stderr_tail[-TAIL_LINES:])
+        return f"exited with code {self.returncode}" + (f"; stderr:\n{tail}" if tail else "")
+
+
+class ProcessGroups:
+    """The trainer process groups alive in this process; all stopped on SIGTERM or Ctrl-C."""
+
+    def __init__(self, folder: pathlib.Path) -> None:
+        self.folder = folder
+        self.live: set[int] = set()
+        self.lock = threading.Lock()
+
+    def add(self, pgid: int) -> None:
+        with self.lock:
+            self.live.add(pgid)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        (self.folder / f"{pgid}.pgid").write_text(str(pgid))
+
+    def remove(self, pgid: int) -> None:
+        with self.lock:
+            self.live.discard(pgid)
+        with contextlib.suppress(FileNotFoundError):
+            (self.folder / f"{pgid}.pgid").unlink()
+
+    def stop_all(self) -> None:
+        with self.lock:
+            groups = list(self.live)
+        for pgid in groups:
+            kill_group(pgid)
+
+    @contextlib.contextmanager
+    def handling_signals(self) -> Iterator[None]:
+        """Turns SIGTERM into KeyboardInterrupt, and stops every group on the way out."""
+
+        def on_term(signum: int, frame: FrameType | None) -> None:
+            raise KeyboardInterrupt(f"signal {signum}")
+
+        previous = signal.signal(signal.SIGTERM, on_term)
+        try:
+            yield
+        finally:
+            self.stop_all()
+            signal.signal(signal.SIGTERM, previous)
+
+
+def kill_group(pgid: int, grace: float = 5.0) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except (ProcessLookupError, PermissionError):
+            return
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
+def _tool_path() -> str:
+    # The trainer runs with this interpreter's environment first on PATH, as if activated.
+    here = str(pathlib.Path(sys.executable).parent)
+    return os.pathsep.join([here, os.environ.get("PATH", "")])
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def command_line(trainer: Trainer, args: list[str], workers: int) -> list[str]:
+    base = [*trainer.command, *trainer.args, *args]
+    if workers <= 1:
+        return base
+    torchrun = shutil.which("torchrun", path=_tool_path())
+    if torchrun is None:
+        raise StageFailed("torchrun not found: install torch in the trainer's environment")
+    return [
+        torchrun,
+        "--nnodes=1",
+        f"--nproc-per-node={workers}",
+        "--master-addr=127.0.0.1",
+        f"--master-port={_free_port()}",
+        "--no-python",
+        *base,
+    ]
+
+
+def run_trainer(
+    trainer: Trainer,
+    *,
+    args: list[str],
+    env: Mapping[str, str],
+    log_path: pathlib.Path,
+    groups: ProcessGroups,
+    timeout: float,
+    workers: int = 1,
+    threads: int = 1,
+    cancel: threading.Event | None = None,
+) -> TrainerRun:
+    """Runs one trainer invocation to the end and collects what it reported."""
+    argv = command_line(trainer, args, workers)
+    full_env = {
+        **os.environ,
+        **{e.name: e.value for e in trainer.env},
+        **env,
+        "PATH": _tool_path(),
+        "PYTHONUNBUFFERED": "1",
+        "OMP_NUM_THREADS": str(threads),
+        "MKL_NUM_THREADS": str(threads),
+    }
+    if workers <= 1:
+        full_env.update(
+            RANK="0",
+            LOCAL_RANK="0",
+            WORLD_SIZE="1",
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(_free_port()),
+        )
+    metrics_file = env.get("MLCD_METRICS_FILE")
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    stdout_lines: list[str] = []
+    stderr_tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES * 2)
+    started = time.monotonic()
+    try:
+        process = subprocess.Popen(
+            argv,
+            env=full_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            text=True,
+            errors="replace",
+        )
+    except OSError as exc:
+        raise StageFailed(f"cannot start trainer {argv[0]!r}: {exc}") from exc
+    groups.add(process.pid)
+    with log_path.open("a") as log:
+        log.write(f"$ {' '.join(argv)}\n")
+        log_lock = threading.Lock()
+
+        def pump(stream: object, sink: list[str] | collections.deque[str], tag: str) -> None:
+            for line in stream:  # type: ignore[attr-defined]
+                sink.append(line.rstrip("\n"))
+                with log_lock:
+                    log.write(f"{tag} {line}")
+                    log.flush()
+
+        readers = [
+            threading.Thread(target=pump, args=(process.stdout, stdout_lines, "out"), daemon=True),
+            threading.Thread(target=pump, args=(process.stderr, stderr_tail, "err"), daemon=True),
+        ]
+        for reader in readers:
+            reader.start()
+        timed_out = cancelled = False
+        try:
+            while process.poll() is None:
+                if time.monotonic() - started > timeout:
+                    timed_out = True
+                    break
+                if cancel is not None and cancel.is_set():
+                    cancelled = True
+                    break
+                time.sleep(0.05)
+        finally:
+            if process.poll() is None:
+                kill_group(process.pid)
+            process.wait()
+            for reader in readers:
+                reader.join(timeout=5)
+            groups.remove(process.pid)
+    series = metrics_text.parse_lines(stdout_lines, trainer.metrics_collector.metrics_format)
+    if trainer.metrics_collector.kind == "File":
+        series = {}
+    if metrics_file and pathlib.Path(metrics_file).is_file():
+        try:
+            from_file = metrics_text.parse_json(pathlib.Path(metrics_file).read_text())
+        except ValueError as exc:
+            stderr_tail.append(f"(mlcd) unreadable metrics file {metrics_file}: {exc}")
+        else:
+            series = metrics_text.merge(series, from_file)
+    return TrainerRun(
+        returncode=process.returncode if process.returncode is not None else -1,
+        seconds=time.monotonic() - started,
+        series=series,
+        stderr_tail=list(stderr_tail),
+        timed_out=timed_out,
+        cancelled=cancelled,
+    )

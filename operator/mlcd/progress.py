@@ -1,0 +1,123 @@
+"""The live view of a run in the terminal: a bar per stage and per trial, from the run's
+event log."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
+
+from mlcd.domain.records import STAGES, RunRecord
+from mlcd.domain.spec import ModelPipeline
+from mlcd.pipeline.events import EventLog
+
+
+class RunView:
+    def __init__(self, console: Console, pipeline: ModelPipeline) -> None:
+        self.pipeline = pipeline
+        self.progress = Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.fields[note]}"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=False,
+        )
+        self.stages: dict[str, TaskID] = {}
+        self.trials: dict[int, TaskID] = {}
+        self.started: set[int] = set()
+        tuning = pipeline.spec.tuning
+        for stage in STAGES:
+            total = float(tuning.max_trials) if stage == "tune" and tuning else 1.0
+            self.stages[stage] = self.progress.add_task(
+                f"{stage:<9}", total=total, note="", start=False
+            )
+            if stage == "tune" and tuning:
+                # One row per possible trial, under the tune row, shown when it starts.
+                for number in range(tuning.max_trials):
+                    self.trials[number] = self.progress.add_task(
+                        f"  trial {number:<3}", total=1, note="", start=False, visible=False
+                    )
+
+    def __enter__(self) -> RunView:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def apply(self, event: dict[str, Any]) -> None:
+        kind, progress = event.get("kind"), self.progress
+        if kind == "stage-start":
+            progress.start_task(self.stages[event["stage"]])
+        elif kind == "stage-end":
+            task = self.stages[event["stage"]]
+            note = event.get("status", "")
+            if event.get("reason"):
+                note += f": {str(event['reason']).splitlines()[0][:70]}"
+            if event["stage"] == "tune":
+                ran = max(len(self.started), 1)
+                progress.update(task, total=ran, completed=ran, note=note)
+            else:
+                progress.update(task, completed=1, note=note)
+            progress.stop_task(task)
+        elif kind == "trial-start":
+            params = " ".join(f"{k}={_short(v)}" for k, v in event.get("params", {}).items())
+            trial = self.trials.get(event["number"])
+            if trial is not None:
+                self.started.add(event["number"])
+                progress.update(trial, visible=True, note=params)
+                progress.start_task(trial)
+        elif kind == "trial-end":
+            ended = self.trials.get(event["number"])
+            if ended is not None:
+                value = event.get("value")
+                note = (
+                    f"{self.pipeline.spec.tuning.objective.metric}={value:.4f}"
+                    if value is not None and self.pipeline.spec.tuning
+                    else f"{event.get('state')}: {str(event.get('reason', ''))[:60]}"
+                )
+                progress.update(ended, completed=1, note=note)
+                progress.stop_task(ended)
+            progress.advance(self.stages["tune"])
+        elif kind == "train-start":
+            progress.update(self.stages["train"], note=f"{event.get('workers')} worker(s)")
+        elif kind == "exported":
+            progress.update(self.stages["export"], note=f"version {event.get('version')}")
+
+    def serving(self, record: RunRecord) -> None:
+        task = self.stages["serve"]
+        self.progress.start_task(task)
+        note = (
+            "served"
+            if record.result == "promoted"
+            else ("skipped" if record.stage != "serve" else f"failed: {record.reason}")
+        )
+        self.progress.update(task, completed=1, note=note[:80])
+        self.progress.stop_task(task)
+
+
+def _short(value: object) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def follow(
+    log: EventLog,
+    done: Callable[[], bool],
+    on_event: Callable[[dict[str, Any]], None],
+    interval: float = 0.2,
+) -> None:
+    """Feeds every event to ``on_event`` until ``done()``; the last events are not missed."""
+    offset = 0
+    while True:
+        finished = done()
+        events, offset = log.follow(offset)
+        for event in events:
+            on_event(event)
+        if finished:
+            return
+        time.sleep(interval)

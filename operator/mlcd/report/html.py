@@ -1,0 +1,183 @@
+"""Builds the run's report from its stage records; it opens without Kubeflow's UI."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from typing import Any
+
+from mlcd.domain.records import STAGES
+from mlcd.report import charts
+
+_STYLE = """
+body{font-family:system-ui,sans-serif;margin:2rem;max-width:72rem;color:#222}
+h1{font-size:1.5rem}h2{font-size:1.15rem;margin-top:2rem;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;font-size:.9rem}td,th{padding:.25rem .6rem;border:1px solid #ddd;
+text-align:left}.ok{color:#176d2c;font-weight:600}.bad{color:#b3261e;font-weight:600}
+.muted{color:#777}img{max-width:100%;margin:.5rem 1rem .5rem 0}pre{background:#f6f6f6;
+padding:.6rem;overflow:auto;font-size:.8rem}
+"""
+
+
+def _img(png: bytes, alt: str) -> str:
+    data = base64.b64encode(png).decode()
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _table(rows: list[list[Any]], head: list[str]) -> str:
+    out = ["<table><tr>", *(f"<th>{html.escape(h)}</th>" for h in head), "</tr>"]
+    for row in rows:
+        out.append("<tr>" + "".join(f"<td>{html.escape(_fmt(c))}</td>" for c in row) + "</tr>")
+    out.append("</table>")
+    return "".join(out)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return "" if value is None else str(value)
+
+
+def _status(record: dict[str, Any] | None) -> str:
+    if record is None:
+        return '<span class="muted">not run</span>'
+    status = record.get("status", "?")
+    css = "ok" if status == "succeeded" else "bad"
+    reason = record.get("reason")
+    text = f'<span class="{css}">{html.escape(status)}</span>'
+    return text + (f" — {html.escape(str(reason).splitlines()[0])}" if reason else "")
+
+
+def build(
+    stages: dict[str, dict[str, Any] | None], title: str, result: dict[str, Any] | None = None
+) -> str:
+    """``stages`` maps each stage to its record (None: not run)."""
+    records = {stage: stages.get(stage) for stage in STAGES}
+    parts = [
+        f"<!doctype html><meta charset=utf-8><title>{html.escape(title)}</title>",
+        f"<style>{_STYLE}</style><h1>{html.escape(title)}</h1>",
+    ]
+    if result:
+        css = {"promoted": "ok", "rejected": "bad", "failed": "bad"}.get(
+            result.get("result", ""), "muted"
+        )
+        parts.append(
+            f'<p>Result: <span class="{css}">{html.escape(str(result.get("result")))}'
+            f"</span> {html.escape(str(result.get('reason') or ''))}</p>"
+        )
+    parts.append("<h2>Stages</h2>")
+    parts.append("<table><tr><th>stage</th><th>outcome</th><th>seconds</th></tr>")
+    for stage, rec in records.items():
+        seconds = _fmt(rec.get("seconds")) if rec else ""
+        parts.append(f"<tr><td>{stage}</td><td>{_status(rec)}</td><td>{seconds}</td></tr>")
+    parts.append("</table>")
+
+    validate = records["validate"]
+    if validate and validate.get("data"):
+        data = validate["data"]
+        parts.append("<h2>Data</h2>")
+        rows = [
+            ["samples", data.get("samples")],
+            ["sha256", data.get("sha256")],
+            ["version", data.get("version")],
+            ["class counts", ", ".join(map(str, data.get("classCounts", [])))],
+        ]
+        rows += [[f"drift {k}", v] for k, v in (data.get("drift") or {}).items()]
+        rows += [["problem", p] for p in data.get("problems", [])]
+        parts.append(_table(rows, ["", ""]))
+
+    tune = records["tune"]
+    if tune and tune.get("trials"):
+        trials = tune["trials"]
+        objective = tune.get("objective", {}).get("metric", "objective")
+        names = sorted({k for t in trials for k in t.get("params", {})})
+        parts.append(f"<h2>Tuning ({html.escape(str(tune.get('algorithm')))})</h2>")
+        parts.append(f"<p>{html.escape(str(tune.get('stopReason', '')))}</p>")
+        parts.append(_img(charts.trials(trials, names, objective), "parameters vs objective"))
+        rows = [
+            [
+                t["number"],
+                *(t["params"].get(n) for n in names),
+                t.get("value"),
+                t["state"],
+                t.get("seconds"),
+                (t.get("reason") or "").splitlines()[0] if t.get("reason") else "",
+            ]
+            for t in trials
+        ]
+        parts.append(_table(rows, ["trial", *names, objective, "state", "seconds", "reason"]))
+
+    train = records["train"]
+    if train:
+        parts.append("<h2>Training</h2>")
+        parts.append(
+            _table(
+                [[k, v] for k, v in (train.get("params") or {}).items()]
+                + [["workers", train.get("workers")]],
+                ["parameter", "value"],
+            )
+        )
+        if train.get("curves"):
+            parts.append(_img(charts.curves(train["curves"]), "learning curves"))
+
+    evaluate = records["evaluate"]
+    if evaluate and evaluate.get("metrics"):
+        parts.append("<h2>Evaluation on the holdout</h2>")
+        parts.append(_table([[k, v] for k, v in evaluate["metrics"].items()], ["metric", "value"]))
+        if evaluate.get("parity"):
+            parity = evaluate["parity"]
+            parts.append(
+                f"<p>ONNX parity: max |onnx − trained| = "
+                f"{parity['maxAbsDifference']:.3g} (tolerance {parity['tolerance']:g})</p>"
+            )
+        parts.append(_img(charts.confusion(evaluate["confusion"]), "confusion matrix"))
+        roc = evaluate.get("roc") or {}
+        if roc.get("fpr"):
+            parts.append(
+                _img(charts.roc(roc["fpr"], roc["tpr"], evaluate["metrics"].get("roc-auc")), "ROC")
+            )
+        per_class = evaluate.get("perClass") or []
+        parts.append(
+            _table(
+                [
+                    [c["label"], c["precision"], c["recall"], c["f1"], c["support"]]
+                    for c in per_class
+                ],
+                ["class", "precision", "recall", "f1", "support"],
+            )
+        )
+
+    gate = records["gate"]
+    if gate and gate.get("verdict"):
+        verdict = gate["verdict"]
+        css = "ok" if verdict.get("passed") else "bad"
+        parts.append("<h2>Gate</h2>")
+        parts.append(
+            f'<p class="{css}">{"passed" if verdict.get("passed") else "refused"}: '
+            f"{html.escape(str(verdict.get('reason')))}</p>"
+        )
+        parts.append(
+            _table(
+                [[c["name"], c["passed"], c["detail"]] for c in verdict.get("checks", [])],
+                ["check", "passed", "detail"],
+            )
+        )
+
+    export = records["export"]
+    if export and export.get("model"):
+        parts.append("<h2>Lineage</h2>")
+        model = export["model"]
+        parts.append(
+            _table(
+                [["version", model["version"]], ["uri", model["uri"]], ["sha256", model["sha256"]]],
+                ["", ""],
+            )
+        )
+    if result:
+        parts.append(
+            "<h2>Result record</h2><pre>"
+            + html.escape(json.dumps(result, indent=2, default=str))
+            + "</pre>"
+        )
+    return "\n".join(parts)

@@ -1,0 +1,1 @@
+"""Where models are served: KServe's own model server locally, InferenceServices in a cluster."""

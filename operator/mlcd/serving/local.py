@@ -1,0 +1,214 @@
+"""Serving on this machine: one KServe ModelServer process per model, kept running after the
+command that started it returns, switched to a new version in place."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from mlcd.artifacts.hashing import sha256_file
+from mlcd.domain.records import ModelRef
+from mlcd.errors import PermanentError, StageFailed
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    pid: int
+    port: int
+    url: str
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _write_json(path: pathlib.Path, data: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    tmp.replace(path)
+
+
+def _read_json(path: pathlib.Path) -> dict[str, Any] | None:
+    try:
+        data: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _tail(path: pathlib.Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+class LocalServing:
+    """Implements the serving port with KServe's ModelServer on loopback."""
+
+    def __init__(
+        self,
+        home: pathlib.Path,
+        port: int = 8080,
+        host: str = "127.0.0.1",
+        ready_timeout: float = 90.0,
+    ) -> None:
+        self.home, self.port, self.host, self.ready_timeout = home, port, host, ready_timeout
+
+    def _dir(self, model: str) -> pathlib.Path:
+        path = self.home / "serving" / model
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def running(self, model: str) -> ServerInfo | None:
+        info = _read_json(self._dir(model) / "server.json")
+        if not info or not _alive(int(info["pid"])):
+            return None
+        try:
+            response = httpx.get(f"{info['url']}/v2/health/live", timeout=2.0)
+        except httpx.HTTPError:
+            return None
+        if response.status_code != 200:
+            return None
+        return ServerInfo(int(info["pid"]), int(info["port"]), str(info["url"]))
+
+    def current(self, model: str) -> ModelRef | None:
+        if self.running(model) is None:
+            return None
+        served = _read_json(self._dir(model) / "served.json")
+        if not served:
+            return None
+        return ModelRef(
+            uri=str(served.get("uri", served["path"])),
+            version=str(served["version"]),
+            sha256=str(served["sha256"]),
+        )
+
+    def url(self, model: str) -> str | None:
+        info = self.running(model)
+        return info.url if info else None
+
+    def serve(self, model: str, ref: ModelRef, model_dir: pathlib.Path) -> str:
+        actual = sha256_file(model_dir / "model.onnx")
+        if actual != ref.sha256:
+            raise PermanentError(
+                f"refusing to serve {model} version {ref.version}: sha256 is "
+                f"{actual}, the repository recorded {ref.sha256}"
+            )
+        folder = self._dir(model)
+        pointer = folder / "pointer.json"
+        previous = _read_json(pointer)
+        _write_json(
+            pointer,
+            {"version": ref.version, "path": str(model_dir), "uri": ref.uri, "sha256": ref.sha256},
+        )
+        try:
+            info = self.running(model)
+            if info is None:
+                info = self._start(model, folder)
+            else:
+                self._reload(model, info)
+            served = _read_json(folder / "served.json") or {}
+            if str(served.get("version")) != ref.version or served.get("sha256") != ref.sha256:
+                raise StageFailed(
+                    f"model server reports version {served.get('version')}, expected {ref.version}"
+                )
+        except BaseException:
+            # The pointer goes back to what still serves; the old version was never unloaded.
+            if previous is not None:
+                _write_json(pointer, previous)
+            raise
+        return info.url
+
+    def _reload(self, model: str, info: ServerInfo) -> None:
+        try:
+            response = httpx.post(f"{info.url}/v2/repository/models/{model}/load", timeout=120.0)
+        except httpx.HTTPError as exc:
+            raise StageFailed(f"model server at {info.url} did not answer: {exc}") from exc
+        if response.status_code != 200:
+            raise StageFailed(f"model server refused the new version: {response.text[:500]}")
+
+    def _start(self, model: str, folder: pathlib.Path) -> ServerInfo:
+        old = _read_json(folder / "server.json") or {}
+        port = self.port or int(old.get("port") or 0) or free_port(self.host)
+        url = f"http://{self.host}:{port}"
+        log = folder / "server.log"
+        env = {
+            **os.environ,
+            "MLCD_SERVING_MODEL": model,
+            "MLCD_SERVING_POINTER": str(folder / "pointer.json"),
+            "MLCD_SERVING_PORT": str(port),
+            "MLCD_SERVING_HOST": self.host,
+            "OMP_NUM_THREADS": "1",
+        }
+        with log.open("ab") as out:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "mlcd.serving.modelserver"],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + self.ready_timeout
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise StageFailed(f"model server exited with {process.returncode}:\n{_tail(log)}")
+            with contextlib.suppress(httpx.HTTPError):
+                ready = httpx.get(f"{url}/v2/models/{model}/ready", timeout=1.0)
+                if ready.status_code == 200:
+                    info = ServerInfo(process.pid, port, url)
+                    _write_json(
+                        folder / "server.json", {"pid": process.pid, "port": port, "url": url}
+                    )
+                    return info
+            time.sleep(0.3)
+        self._kill(process.pid)
+        raise StageFailed(f"model server not ready after {self.ready_timeout:.0f}s:\n{_tail(log)}")
+
+    def _kill(self, pid: int, grace: float = 10.0) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and _alive(pid):
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
+            time.sleep(0.1)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+
+    def stop(self, model: str) -> None:
+        folder = self._dir(model)
+        info = _read_json(folder / "server.json")
+        if info and _alive(int(info["pid"])):
+            self._kill(int(info["pid"]))
+        for name in ("server.json", "served.json"):
+            with contextlib.suppress(FileNotFoundError):
+                (folder / name).unlink()
+
+    def models(self) -> list[str]:
+        root = self.home / "serving"
+        return sorted(d.name for d in root.iterdir() if d.is_dir()) if root.is_dir() else []

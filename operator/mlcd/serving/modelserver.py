@@ -1,0 +1,171 @@
+"""KServe's Python ModelServer serving an ONNX model with onnxruntime (V1 and V2 protocols).
+
+Run as ``python -m mlcd.serving.modelserver``, configured by environment variables so that
+KServe's own argument parser, which reads ``sys.argv`` at import time, sees nothing of ours:
+
+``MLCD_SERVING_MODEL`` model name · ``MLCD_SERVING_POINTER`` JSON file naming the version to
+serve (``{"version", "path", "sha256"}``) · ``MLCD_SERVING_PORT`` · ``MLCD_SERVING_HOST``.
+
+``POST /v2/repository/models/<name>/load`` (Triton's repository extension) re-reads the
+pointer and swaps the model in without dropping a request; a version whose sha256 does not
+match is refused and the old one keeps serving.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pathlib
+import sys
+import uuid
+from typing import Any
+
+import numpy as np
+
+_ONNX_TO_V2 = {
+    "tensor(float)": "FP32",
+    "tensor(double)": "FP64",
+    "tensor(int64)": "INT64",
+    "tensor(int32)": "INT32",
+    "tensor(uint8)": "UINT8",
+    "tensor(bool)": "BOOL",
+}
+_NUMPY = {
+    "FP32": np.float32,
+    "FP64": np.float64,
+    "INT64": np.int64,
+    "INT32": np.int32,
+    "UINT8": np.uint8,
+    "BOOL": np.bool_,
+}
+
+
+def _bind_loopback(host: str) -> None:
+    """KServe's REST server binds every interface; a laptop should serve on loopback only."""
+    from kserve.protocol.rest import server as rest_server
+
+    original = rest_server.uvicorn.Config
+
+    class Config(original):  # type: ignore[misc, valid-type]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs["host"] = host
+            super().__init__(*args, **kwargs)
+
+    rest_server.uvicorn.Config = Config
+
+
+def build(name: str, pointer: pathlib.Path) -> Any:
+    import kserve
+    import onnxruntime as ort
+    from kserve.model_repository import ModelRepository
+
+    from mlcd.artifacts.hashing import sha256_file
+
+    class OnnxModel(kserve.Model):  # type: ignore[misc]
+        def __init__(self, model_name: str, version: str, path: pathlib.Path, sha256: str):
+            super().__init__(model_name)
+            self.version, self.path, self.sha256 = version, path, sha256
+            self.session: Any = None
+
+        def load(self) -> bool:
+            actual = sha256_file(self.path / "model.onnx")
+            if actual != self.sha256:
+                raise ValueError(
+                    f"sha256 of version {self.version} is {actual}, expected {self.sha256}"
+                )
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = 1
+            self.session = ort.InferenceSession(
+                str(self.path / "model.onnx"), options, providers=["CPUExecutionProvider"]
+            )
+            self.ready = True
+            return True
+
+        def _types(self, tensors: list[Any]) -> list[dict[str, Any]]:
+            return [
+                {
+                    "name": t.name,
+                    "datatype": _ONNX_TO_V2.get(t.type, t.type),
+                    "shape": [d if isinstance(d, int) else -1 for d in t.shape],
+                }
+                for t in tensors
+            ]
+
+        def get_input_types(self) -> list[dict[str, Any]]:
+            return self._types(self.session.get_inputs())
+
+        def get_output_types(self) -> list[dict[str, Any]]:
+            return self._types(self.session.get_outputs())
+
+        async def predict(
+            self, payload: Any, headers: Any = None, response_headers: Any = None
+        ) -> Any:
+            inputs = self.session.get_inputs()
+            first = inputs[0]
+            wanted = _NUMPY.get(_ONNX_TO_V2.get(first.type, ""), np.float32)
+            if isinstance(payload, dict):  # V1: {"instances": [...]}
+                batch: Any = np.asarray(payload["instances"], dtype=wanted)
+                outputs = self.session.run(None, {first.name: batch})
+                return {"predictions": outputs[0].tolist()}
+            feeds = {}
+            for tensor in payload.inputs:
+                feeds[tensor.name] = tensor.as_numpy().astype(wanted, copy=False)
+            results = self.session.run(None, feeds)
+            outs = [
+                kserve.InferOutput(
+                    name=meta.name,
+                    shape=list(value.shape),
+                    datatype=_ONNX_TO_V2.get(meta.type, "FP32"),
+                    data=value,
+                )
+                for meta, value in zip(self.session.get_outputs(), results, strict=True)
+            ]
+            return kserve.InferResponse(
+                model_name=self.name,
+                infer_outputs=outs,
+                response_id=payload.id or str(uuid.uuid4()),
+            )
+
+    class PointerRepository(ModelRepository):  # type: ignore[misc]
+        """Serves whatever version the pointer file names; ``load`` swaps it in."""
+
+        def load(self, model_name: str) -> bool:
+            if model_name != name:
+                raise ValueError(f"this server serves {name}, not {model_name}")
+            target = json.loads(pointer.read_text())
+            model = OnnxModel(
+                name, str(target["version"]), pathlib.Path(target["path"]), str(target["sha256"])
+            )
+            model.load()
+            self.update(model)
+            served = pointer.with_name("served.json")
+            tmp = served.with_suffix(".tmp")
+            tmp.write_text(json.dumps({**target, "pid": os.getpid()}))
+            tmp.replace(served)
+            logging.getLogger("mlcd.serving").info("serving %s version %s", name, target["version"])
+            return True
+
+    repository = PointerRepository()
+    repository.load(name)
+    return repository
+
+
+def main() -> int:
+    name = os.environ["MLCD_SERVING_MODEL"]
+    pointer = pathlib.Path(os.environ["MLCD_SERVING_POINTER"])
+    port = int(os.environ.get("MLCD_SERVING_PORT", "8080"))
+    _bind_loopback(os.environ.get("MLCD_SERVING_HOST", "127.0.0.1"))
+    import kserve
+
+    repository = build(name, pointer)
+    server = kserve.ModelServer(
+        http_port=port, enable_grpc=False, registered_models=repository, workers=1
+    )
+    server.start([repository.get_model(name)])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.argv = sys.argv[:1]
+    sys.exit(main())
