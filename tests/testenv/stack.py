@@ -85,7 +85,8 @@ class Stack:
         self._failed: dict[str, ComponentError] = {}
         # Seconds from the up() call that started a component to the component being ready.
         self.ready_after: dict[str, float] = {}
-        _live_stacks.add(self)
+        if not detach:
+            _live_stacks.add(self)  # stopped at interpreter exit at the latest
 
     def component(self, name: str) -> Component:
         return self._components[name]
