@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 from kubernetes import client
+
+from testenv.cluster import Cluster
 
 pytestmark = pytest.mark.nodes
 
@@ -129,3 +132,16 @@ def test_a_pod_no_job_owns_runs_to_completion(
     wait_for(lambda: core.read_namespaced_pod_status("once", namespace), record)
     assert phases[-1] == "Succeeded"
     assert "Running" in phases
+
+
+def test_helm_installs_a_chart_and_waits_for_it(
+    nodes: list[str], apiserver: Cluster, namespace: str, tmp_path: Path
+) -> None:
+    version = apiserver.helm("version", "--short").stdout
+    assert version.startswith("v3.22.0")
+    apiserver.helm("create", str(tmp_path / "demo"))
+    apiserver.helm(
+        "install", "demo", str(tmp_path / "demo"), "-n", namespace, "--wait", "--timeout", "60s"
+    )
+    listed = apiserver.helm("list", "-n", namespace, "-o", "json").stdout
+    assert '"status":"deployed"' in listed

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 import uuid
@@ -51,6 +52,28 @@ class Cluster:
         if check and result.returncode != 0:
             raise RuntimeError(
                 f"kubectl {' '.join(args)} exited {result.returncode}:\n{result.stderr}"
+            )
+        return result
+
+    def helm(
+        self, *args: str, check: bool = True, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        """Run the project's helm against this cluster (its caches next to the kubeconfig)."""
+        home = self.kubeconfig.parent / "helm"
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(self.kubeconfig),
+            "HELM_CACHE_HOME": str(home / "cache"),
+            "HELM_CONFIG_HOME": str(home / "config"),
+            "HELM_DATA_HOME": str(home / "data"),
+        }
+        argv = [str(binary("helm")), *args]
+        result = subprocess.run(
+            argv, capture_output=True, text=True, timeout=timeout, env=env, check=False
+        )
+        if check and result.returncode != 0:
+            raise RuntimeError(
+                f"helm {' '.join(args)} exited {result.returncode}:\n{result.stderr}"
             )
         return result
 
