@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         _print_problems(err, exc)
         return EXIT_BAD_INPUT
     except MlcdError as exc:
-        err.print(f"[red]error:[/] {exc}")
+        err.print(f"[red]error:[/] {exc}", soft_wrap=True)
         return EXIT_FAILED
     return EXIT_BAD_INPUT
 
@@ -95,7 +95,7 @@ def _print_problems(err: Console, exc: SpecError) -> None:
         f"{'s' if len(exc.problems) != 1 else ''}):"
     )
     for problem in exc.problems:
-        err.print(f"  {problem}", markup=False, highlight=False)
+        err.print(f"  {problem}", markup=False, highlight=False, soft_wrap=True)
 
 
 def cmd_validate(args: argparse.Namespace, out: Console, err: Console) -> int:

@@ -67,7 +67,7 @@ def _call(what: str, fn: Callable[[], T]) -> T:
         ):
             raise PermanentError(f"{what}: {exc.code}: {exc.message}") from exc
         raise StoreUnavailable(f"{what}: {exc.code}: {exc.message}") from exc
-    except (urllib3.exceptions.HTTPError, OSError) as exc:
+    except (urllib3.exceptions.HTTPError, ConnectionError, TimeoutError) as exc:
         raise StoreUnavailable(f"{what}: object store unreachable ({exc})") from exc
 
 

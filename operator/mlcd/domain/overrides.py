@@ -27,7 +27,8 @@ def _split(key: str) -> list[str | int]:
 
 def apply_overrides(raw: dict[str, Any], assignments: list[str]) -> dict[str, Any]:
     """Returns a copy of ``raw`` with each ``key=value`` set. Keys are relative to ``spec``
-    unless they start with ``spec.`` or ``metadata.``; values are read as YAML scalars."""
+    unless they start with ``spec.`` or ``metadata.``; values are read as YAML. An index one
+    past the end of a list appends to it."""
     out = copy.deepcopy(raw)
     problems: list[FieldProblem] = []
     for assignment in assignments:
@@ -63,7 +64,9 @@ def _assign(node: Any, path: list[str | int], value: Any) -> None:
             node[here] = [] if isinstance(nxt, int) else {}
         node = node[here]
     last = path[-1]
-    if isinstance(last, int) or isinstance(node, dict):
+    if isinstance(last, int) and isinstance(node, list) and last == len(node):
+        node.append(value)  # one past the end appends: trainer.args[1]=... adds an argument
+    elif isinstance(last, int) or isinstance(node, dict):
         node[last] = value
     else:
         raise TypeError(f"{last} is inside a non-object")

@@ -7,7 +7,7 @@ call into :mod:`mlcd.pipeline.stages`; each receives the run context as JSON.
 
 import pathlib
 
-from kfp import compiler, dsl
+from kfp import dsl
 from kfp.dsl import HTML, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
 
 from mlcd import __version__
@@ -103,5 +103,7 @@ def training_pipeline(context: str) -> None:
 
 def compile_to(path: pathlib.Path) -> pathlib.Path:
     """Writes the pipeline's IR package (YAML) for the Kubeflow Pipelines API."""
+    from kfp import compiler
+
     compiler.Compiler().compile(training_pipeline, str(path))
     return path

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import html
 import json
 from typing import Any
@@ -15,14 +14,9 @@ body{font-family:system-ui,sans-serif;margin:2rem;max-width:72rem;color:#222}
 h1{font-size:1.5rem}h2{font-size:1.15rem;margin-top:2rem;border-bottom:1px solid #ddd}
 table{border-collapse:collapse;font-size:.9rem}td,th{padding:.25rem .6rem;border:1px solid #ddd;
 text-align:left}.ok{color:#176d2c;font-weight:600}.bad{color:#b3261e;font-weight:600}
-.muted{color:#777}img{max-width:100%;margin:.5rem 1rem .5rem 0}pre{background:#f6f6f6;
+.muted{color:#777}svg{margin:.5rem 1rem .5rem 0;vertical-align:top}pre{background:#f6f6f6;
 padding:.6rem;overflow:auto;font-size:.8rem}
 """
-
-
-def _img(png: bytes, alt: str) -> str:
-    data = base64.b64encode(png).decode()
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
 
 
 def _table(rows: list[list[Any]], head: list[str]) -> str:
@@ -94,7 +88,7 @@ def build(
         names = sorted({k for t in trials for k in t.get("params", {})})
         parts.append(f"<h2>Tuning ({html.escape(str(tune.get('algorithm')))})</h2>")
         parts.append(f"<p>{html.escape(str(tune.get('stopReason', '')))}</p>")
-        parts.append(_img(charts.trials(trials, names, objective), "parameters vs objective"))
+        parts.append(f'<div class="charts">{charts.trials(trials, names, objective)}</div>')
         rows = [
             [
                 t["number"],
@@ -119,7 +113,7 @@ def build(
             )
         )
         if train.get("curves"):
-            parts.append(_img(charts.curves(train["curves"]), "learning curves"))
+            parts.append(charts.curves(train["curves"]))
 
     evaluate = records["evaluate"]
     if evaluate and evaluate.get("metrics"):
@@ -131,12 +125,10 @@ def build(
                 f"<p>ONNX parity: max |onnx − trained| = "
                 f"{parity['maxAbsDifference']:.3g} (tolerance {parity['tolerance']:g})</p>"
             )
-        parts.append(_img(charts.confusion(evaluate["confusion"]), "confusion matrix"))
+        parts.append(charts.confusion(evaluate["confusion"]))
         roc = evaluate.get("roc") or {}
         if roc.get("fpr"):
-            parts.append(
-                _img(charts.roc(roc["fpr"], roc["tpr"], evaluate["metrics"].get("roc-auc")), "ROC")
-            )
+            parts.append(charts.roc(roc["fpr"], roc["tpr"], evaluate["metrics"].get("roc-auc")))
         per_class = evaluate.get("perClass") or []
         parts.append(
             _table(

@@ -1,0 +1,253 @@
+"""What mlcd's orchestration costs: ``mlcd run`` on the example against a bare script doing the
+same compute (the same trials with the same parameters, epochs, workers and data) with no
+orchestration, in one run.
+
+    .venv/bin/python benchmarks/loop_overhead.py [--set KEY=VALUE ...]
+
+Prints the wall-time ratio (goal <= 1.10), the example's holdout accuracy and wall time, and
+the orchestrator's peak RSS (the CLI, the kfp.local runner and its component processes;
+trainer processes and the model server excluded, the server reported on its own).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import numpy as np
+import psutil
+
+from mlcd.domain.datacheck import holdout_split
+from mlcd.specfile import load
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "mnist" / "modelpipeline.yaml"
+
+
+class RssSampler:
+    """Peak RSS of a process tree, split into orchestration, trainers and the model server."""
+
+    def __init__(self, root_pid: int) -> None:
+        self.root = root_pid
+        self.peak = {"orchestrator": 0, "trainers": 0, "server": 0}
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def kind(proc: psutil.Process) -> str:
+        cmd = " ".join(proc.cmdline())
+        if "mlcd.serving.modelserver" in cmd:
+            return "server"
+        if "mnist_trainer" in cmd or "torch.distributed" in cmd or "torchrun" in cmd:
+            return "trainers"
+        return "orchestrator"
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            totals = dict.fromkeys(self.peak, 0)
+            try:
+                root = psutil.Process(self.root)
+                procs = [root, *root.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                procs = []
+            # The runner and the server live in sessions of their own; find them by command.
+            for proc in psutil.process_iter():
+                try:
+                    cmd = " ".join(proc.cmdline())
+                except (psutil.NoSuchProcess, psutil.AccessDenied):
+                    continue
+                if "mlcd.engines.runner" in cmd or "mlcd.serving.modelserver" in cmd:
+                    procs.append(proc)
+                    with contextlib.suppress(psutil.NoSuchProcess):
+                        procs.extend(proc.children(recursive=True))
+            seen = set()
+            for proc in procs:
+                if proc.pid in seen:
+                    continue
+                seen.add(proc.pid)
+                try:
+                    totals[self.kind(proc)] += proc.memory_info().rss
+                except (psutil.NoSuchProcess, psutil.AccessDenied):
+                    continue
+            for key, value in totals.items():
+                self.peak[key] = max(self.peak[key], value)
+            time.sleep(0.1)
+
+    def __enter__(self) -> RssSampler:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
+def run_mlcd(home: pathlib.Path, data: pathlib.Path, sets: list[str]) -> dict:
+    env = {**os.environ, "MLCD_HOME": str(home), "MLCD_SERVING_PORT": "0"}
+    args = [
+        sys.executable,
+        "-m",
+        "mlcd.cli",
+        "run",
+        str(EXAMPLE),
+        "--output",
+        "json",
+        "--set",
+        f"dataset.uri={data}",
+    ]
+    for item in sets:
+        args += ["--set", item]
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    with RssSampler(proc.pid) as rss:
+        out, err = proc.communicate()
+    wall = time.monotonic() - started
+    if proc.returncode != 0:
+        raise SystemExit(f"mlcd run failed ({proc.returncode}):\n{err[-3000:]}")
+    result = json.loads(out)
+    run_dir = home / "runs" / "default" / result["run"]
+    tune = json.loads((run_dir / "stages" / "tune.json").read_text())
+    subprocess.run(
+        [sys.executable, "-m", "mlcd.cli", "down"], env=env, check=True, capture_output=True
+    )
+    return {"wall": wall, "result": result, "trials": tune["trials"], "rss": rss.peak}
+
+
+def bare_loop(data: pathlib.Path, trials: list[dict], sets: list[str], work: pathlib.Path) -> float:
+    """The same compute as the pipeline, written as one plain script would do it."""
+    pipeline, _ = load(EXAMPLE, [f"dataset.uri={data}", *sets])
+    spec = pipeline.spec
+    tuning = spec.tuning
+    assert tuning is not None
+    started = time.monotonic()
+    with np.load(data) as arrays:
+        x, y = arrays["x"], arrays["y"]
+    train, holdout = holdout_split(len(y), spec.evaluation.holdout_fraction, spec.evaluation.seed)
+    fit, val = holdout_split(len(train), tuning.validation_fraction, tuning.seed)
+    xt, yt = x[train], y[train]
+    paths = {name: work / f"{name}.npz" for name in ("train", "holdout", "fit", "val")}
+    np.savez(paths["train"], x=xt, y=yt)
+    np.savez(paths["holdout"], x=x[holdout], y=y[holdout])
+    np.savez(paths["fit"], x=xt[fit], y=yt[fit])
+    np.savez(paths["val"], x=xt[val], y=yt[val])
+    cpus = os.cpu_count() or 1
+    python = str(pathlib.Path(sys.executable))
+    base = [python, "-m", "mnist_trainer", *spec.trainer.args]
+
+    def env(threads: int, **extra: str) -> dict[str, str]:
+        return {**os.environ, "OMP_NUM_THREADS": str(threads), **extra}
+
+    pending = [
+        [*base, *tuning.trial_args, *(f"--{k}={v}" for k, v in t["params"].items())] for t in trials
+    ]
+    threads = max(1, cpus // tuning.parallel_trials)
+    running: list[subprocess.Popen] = []
+    while pending or running:
+        while pending and len(running) < tuning.parallel_trials:
+            running.append(
+                subprocess.Popen(
+                    pending.pop(0),
+                    stdout=subprocess.DEVNULL,
+                    env=env(
+                        threads,
+                        MLCD_STAGE="trial",
+                        MLCD_TRAIN_DATA=str(paths["fit"]),
+                        MLCD_VALIDATION_DATA=str(paths["val"]),
+                        MLCD_MODEL_DIR=str(work),
+                    ),
+                )
+            )
+        running[0].wait()
+        running = [p for p in running if p.poll() is None]
+    best = max((t for t in trials if t["value"] is not None), key=lambda t: t["value"])
+    model_dir = work / "model"
+    workers = spec.trainer.workers
+    torchrun = pathlib.Path(sys.executable).parent / "torchrun"
+    subprocess.run(
+        [
+            str(torchrun),
+            "--nnodes=1",
+            f"--nproc-per-node={workers}",
+            "--master-addr=127.0.0.1",
+            "--master-port=29533",
+            "--no-python",
+            *base,
+            *(f"--{k}={v}" for k, v in best["params"].items()),
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        env=env(
+            max(1, cpus // workers),
+            MLCD_STAGE="train",
+            MLCD_TRAIN_DATA=str(paths["train"]),
+            MLCD_MODEL_DIR=str(model_dir),
+        ),
+    )
+    subprocess.run(
+        base,
+        check=True,
+        env=env(
+            1,
+            MLCD_STAGE="evaluate",
+            MLCD_MODEL_DIR=str(model_dir),
+            MLCD_EVAL_DATA=str(paths["holdout"]),
+            MLCD_PREDICTIONS_PATH=str(work / "pred.npy"),
+        ),
+    )
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(model_dir / "model.onnx"))
+    outputs = session.run(None, {"input": x[holdout].astype(np.float32)})[0]
+    accuracy = float((outputs.argmax(1) == y[holdout]).mean())
+    print(f"  bare script holdout accuracy {accuracy:.4f}")
+    return time.monotonic() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--set", dest="sets", action="append", default=[])
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="mlcd-bench-") as tmp:
+        work = pathlib.Path(tmp)
+        from mnist_trainer.dataset import write
+
+        data = work / "mnist.npz"
+        write(data)
+        print("mlcd run on the example ...", flush=True)
+        measured = run_mlcd(work / "home", data, args.sets)
+        print("bare script, same trials and training ...", flush=True)
+        (work / "bare").mkdir()
+        bare = bare_loop(data, measured["trials"], args.sets, work / "bare")
+    result = measured["result"]
+    mib = 1024 * 1024
+    print()
+    print(
+        f"mlcd run wall time        {measured['wall']:8.1f} s  ({result['result']}, "
+        f"holdout accuracy {result['metrics']['accuracy']:.4f})"
+    )
+    print(f"bare script wall time     {bare:8.1f} s")
+    print(f"ratio mlcd / bare         {measured['wall'] / bare:8.3f}   (goal <= 1.10)")
+    print(
+        "stage times               "
+        + "  ".join(f"{k} {v:.1f}s" for k, v in result["timings"].items())
+    )
+    print(
+        f"orchestrator peak RSS     {measured['rss']['orchestrator'] / mib:8.0f} MiB "
+        "(CLI + kfp.local runner + component processes)"
+    )
+    print(f"trainer processes peak    {measured['rss']['trainers'] / mib:8.0f} MiB (excluded)")
+    print(f"model server RSS          {measured['rss']['server'] / mib:8.0f} MiB (excluded)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""The README's example end to end: the torch trainer, DDP with two workers, KServe serving."""
+
+from __future__ import annotations
+
+import hashlib
+import pathlib
+
+import httpx
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from helpers import mlcd
+from mlcd.serving.local import LocalServing
+from mnist_trainer.dataset import write as write_digits
+
+EXAMPLE = pathlib.Path(__file__).parents[2] / "examples" / "mnist" / "modelpipeline.yaml"
+SMALL = [
+    "--set",
+    "tuning.maxTrials=2",
+    "--set",
+    "tuning.trialArgs[0]=--epochs=1",
+    "--set",
+    "trainer.args[0]=--epochs=3",
+    "--set",
+    "gate.min=0.9",
+]
+
+
+@pytest.mark.slow
+def test_the_example_trains_gates_exports_and_serves(tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    monkeypatch.setenv("MLCD_HOME", str(home))
+    monkeypatch.setenv("MLCD_SERVING_PORT", "0")
+    data = tmp_path / "mnist.npz"
+    write_digits(data)
+    try:
+        first = mlcd(
+            "run", str(EXAMPLE), *SMALL, "--set", f"dataset.uri={data}", "--output", "json"
+        )
+        assert first.code == 0, first.stderr
+        out = first.json
+        assert out["result"] == "promoted"
+        assert out["metrics"]["accuracy"] > 0.9  # ten classes: chance is 0.1
+        assert out["params"]["optimizer"] in ("adam", "sgd")
+        model = home / "models" / "mnist" / out["model"]["version"] / "model.onnx"
+        assert hashlib.sha256(model.read_bytes()).hexdigest() == out["model"]["sha256"]
+        run_dir = home / "runs" / "default" / out["run"]
+        train_log = (run_dir / "work" / "train" / "train.log").read_text()
+        assert "--nproc-per-node=2" in train_log  # the distributed job ran two workers
+
+        with np.load(data) as arrays:
+            x = arrays["x"][:32].astype(np.float32)
+        expected = ort.InferenceSession(str(model)).run(None, {"input": x})[0]
+        body = {
+            "inputs": [
+                {
+                    "name": "input",
+                    "shape": list(x.shape),
+                    "datatype": "FP32",
+                    "data": x.ravel().tolist(),
+                }
+            ]
+        }
+        served = httpx.post(
+            f"{out['serving']['url']}/v2/models/mnist/infer", json=body, timeout=30
+        ).json()["outputs"][0]
+        np.testing.assert_allclose(
+            np.array(served["data"]).reshape(served["shape"]), expected, rtol=1e-5, atol=1e-5
+        )
+
+        second = mlcd(
+            "run",
+            str(EXAMPLE),
+            *SMALL,
+            "--set",
+            f"dataset.uri={data}",
+            "--set",
+            "gate.min=0.999",
+            "--output",
+            "json",
+        )
+        assert second.code == 3, second.stderr
+        assert second.json["result"] == "rejected"
+        assert "min 0.999" in second.json["reason"]
+        assert second.json["serving"]["version"] == out["model"]["version"]
+        again = httpx.post(
+            f"{out['serving']['url']}/v2/models/mnist/infer", json=body, timeout=30
+        ).json()["outputs"][0]
+        assert again["data"] == served["data"]
+    finally:
+        LocalServing(home).stop("mnist")

@@ -1,0 +1,80 @@
+"""One place for what several test modules need: writing specs and running the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+TESTS = pathlib.Path(__file__).resolve().parent
+SOFTMAX_TRAINER = TESTS / "trainers" / "softmax_trainer.py"
+
+
+def softmax_pipeline(dataset: str, **spec_overrides: Any) -> dict[str, Any]:
+    """A ModelPipeline whose trainer is the numpy test trainer: the whole loop in seconds."""
+    spec: dict[str, Any] = {
+        "dataset": {
+            "uri": dataset,
+            "schema": {
+                "featureShape": [1, 28, 28],
+                "numClasses": 10,
+                "valueMin": 0,
+                "valueMax": 255,
+                "minSamples": 1000,
+                "minSamplesPerClass": 50,
+            },
+        },
+        "trainer": {"command": ["python", str(SOFTMAX_TRAINER)], "args": ["--epochs=25"]},
+        "tuning": {
+            "algorithm": "random",
+            "objective": {"metric": "accuracy", "type": "maximize"},
+            "maxTrials": 2,
+            "parallelTrials": 2,
+            "maxFailedTrials": 0,
+            "trialArgs": ["--epochs=10"],
+            "parameters": [{"name": "lr", "type": "double", "min": 0.1, "max": 1.0}],
+        },
+        "gate": {"metric": "accuracy", "min": 0.8},
+        "serving": {"inferenceService": "digits"},
+    }
+    spec.update(spec_overrides)
+    return {
+        "apiVersion": "mlcd.io/v1alpha1",
+        "kind": "ModelPipeline",
+        "metadata": {"name": "digits"},
+        "spec": spec,
+    }
+
+
+def write_spec(path: pathlib.Path, resource: dict[str, Any]) -> pathlib.Path:
+    path.write_text(yaml.safe_dump(resource, sort_keys=False))
+    return path
+
+
+@dataclass
+class CliResult:
+    code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def json(self) -> Any:
+        return json.loads(self.stdout)
+
+
+def mlcd(*args: str, env: dict[str, str] | None = None, timeout: float = 600) -> CliResult:
+    """Runs the ``mlcd`` command as a user would, in a process of its own."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "mlcd.cli", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=timeout,
+    )
+    return CliResult(proc.returncode, proc.stdout, proc.stderr)
