@@ -57,6 +57,42 @@ def _parser() -> argparse.ArgumentParser:
     down.add_argument("name", nargs="?", help="a pipeline name (default: all)")
     down.add_argument("--namespace", default="default")
 
+    op = sub.add_parser("operator", help="run the operator (watches ModelPipelines)")
+    op.add_argument(
+        "--namespace",
+        "-n",
+        dest="namespaces",
+        action="append",
+        default=None,
+        help="a namespace to watch (repeatable); default MLCD_NAMESPACES or all",
+    )
+    op.add_argument("--state-dir", type=pathlib.Path, help="runs, models, servers (MLCD_STATE_DIR)")
+    op.add_argument("--engine", help="engine of pipelines without spec.engine (MLCD_ENGINE)")
+    op.add_argument("--max-active-runs", type=int, help="runs at once (MLCD_MAX_ACTIVE_RUNS)")
+    op.add_argument("--tick", type=float, help="seconds between looks (MLCD_TICK)")
+    op.add_argument("--metrics-port", type=int, help="/metrics port, 0: off (MLCD_METRICS_PORT)")
+    op.add_argument("--peering", help="peering name for replicas (MLCD_PEERING)")
+    op.add_argument("--priority", type=int, help="priority among peers (MLCD_PRIORITY)")
+    op.add_argument("--liveness", help="liveness endpoint URL (MLCD_LIVENESS)")
+    op.add_argument("--kubeconfig", help="kubeconfig file (KUBECONFIG)")
+
+    get = sub.add_parser("get", help="list ModelPipelines in the cluster")
+    get.add_argument("name", nargs="?")
+    get.add_argument("-n", "--namespace", default=None)
+    get.add_argument("-A", "--all-namespaces", action="store_true")
+    get.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    get.add_argument("--kubeconfig")
+
+    desc = sub.add_parser("describe", help="a ModelPipeline's status, runs and events")
+    desc.add_argument("name")
+    desc.add_argument("-n", "--namespace", default=None)
+    desc.add_argument("--kubeconfig")
+
+    trig = sub.add_parser("trigger", help="ask the operator for a run now")
+    trig.add_argument("name")
+    trig.add_argument("-n", "--namespace", default=None)
+    trig.add_argument("--kubeconfig")
+
     comp = sub.add_parser("compile", help="write the pipeline's KFP IR package")
     comp.add_argument("-o", "--output", type=pathlib.Path, default=pathlib.Path("pipeline.yaml"))
     return parser
@@ -74,6 +110,12 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_status(args, out)
         if args.command == "down":
             return cmd_down(args, out)
+        if args.command == "operator":
+            return cmd_operator(args)
+        if args.command in ("get", "describe", "trigger"):
+            from mlcd import cluster_cli
+
+            return int(getattr(cluster_cli, args.command)(args, out))
         if args.command == "compile":
             from mlcd.pipeline.definition import compile_to
 
@@ -140,7 +182,9 @@ def cmd_run(args: argparse.Namespace, out: Console, err: Console) -> int:
                 err.print("[yellow]interrupted: stopping the run and its processes[/]")
                 loop.engine.cancel(run_id)
             record = loop.engine.get(run_id) or RunRecord(
-                id=run_id, result="failed", reason="the run disappeared"
+                id=run_id,
+                result="failed",
+                reason="the run's process ended without a result (see its pipeline.log)",
             )
             if interrupted and record.result == "running":
                 record = record.model_copy(update={"result": "failed", "reason": "cancelled"})
@@ -290,6 +334,33 @@ def cmd_down(args: argparse.Namespace, out: Console) -> int:
     for model in models:
         serving.stop(model)
         out.print(f"stopped the model server of {model}")
+    return EXIT_OK
+
+
+def cmd_operator(args: argparse.Namespace) -> int:
+    import dataclasses
+    import logging
+
+    from mlcd.k8s.operator import run
+    from mlcd.settings import OperatorSettings
+
+    flags = {
+        "namespaces": args.namespaces,
+        "state_dir": args.state_dir,
+        "engine": args.engine,
+        "max_active_runs": args.max_active_runs,
+        "tick": args.tick,
+        "metrics_port": args.metrics_port,
+        "peering": args.peering,
+        "priority": args.priority,
+        "liveness": args.liveness,
+        "kubeconfig": args.kubeconfig,
+    }
+    settings = dataclasses.replace(
+        OperatorSettings(), **{k: v for k, v in flags.items() if v is not None}
+    )
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    run(settings)
     return EXIT_OK
 
 

@@ -31,3 +31,56 @@ class LocalSettings:
 
     def pipeline_dir(self, namespace: str, name: str) -> pathlib.Path:
         return self.home / "pipelines" / namespace / name
+
+
+def _env_list(name: str) -> list[str]:
+    return [n for n in os.environ.get(name, "").split(",") if n]
+
+
+@dataclass(frozen=True)
+class OperatorSettings:
+    """How ``mlcd operator`` runs. Each field has a flag and an environment variable."""
+
+    #: Namespaces to watch; empty: all (``MLCD_NAMESPACES``, comma-separated).
+    namespaces: list[str] = field(default_factory=lambda: _env_list("MLCD_NAMESPACES"))
+    #: State of the local engine: runs, default model repository, servers (``MLCD_STATE_DIR``).
+    state_dir: pathlib.Path = field(
+        default_factory=lambda: pathlib.Path(
+            os.environ.get("MLCD_STATE_DIR", str(_home() / "operator"))
+        ).expanduser()
+    )
+    #: The engine of pipelines without ``spec.engine`` (``MLCD_ENGINE``).
+    engine: str = field(default_factory=lambda: os.environ.get("MLCD_ENGINE", "local"))
+    #: Runs in progress at once across all pipelines (``MLCD_MAX_ACTIVE_RUNS``).
+    max_active_runs: int = field(
+        default_factory=lambda: int(os.environ.get("MLCD_MAX_ACTIVE_RUNS", "2"))
+    )
+    #: Seconds between looks at each pipeline (runs in progress, schedules) (``MLCD_TICK``).
+    tick: float = field(default_factory=lambda: float(os.environ.get("MLCD_TICK", "10")))
+    #: Threads for handlers (``MLCD_WORKERS``).
+    workers: int = field(default_factory=lambda: int(os.environ.get("MLCD_WORKERS", "16")))
+    #: Port of the operator's /metrics; 0: off (``MLCD_METRICS_PORT``).
+    metrics_port: int = field(
+        default_factory=lambda: int(os.environ.get("MLCD_METRICS_PORT", "9090"))
+    )
+    metrics_address: str = field(
+        default_factory=lambda: os.environ.get("MLCD_METRICS_ADDRESS", "0.0.0.0")
+    )
+    #: Peering name for replicas (one acts, the others wait); None: standalone
+    #: (``MLCD_PEERING``).
+    peering: str | None = field(default_factory=lambda: os.environ.get("MLCD_PEERING") or None)
+    #: Among peers, the highest priority acts (``MLCD_PRIORITY``).
+    priority: int = field(default_factory=lambda: int(os.environ.get("MLCD_PRIORITY", "0")))
+    #: Liveness endpoint, e.g. http://0.0.0.0:8080/healthz (``MLCD_LIVENESS``).
+    liveness: str | None = field(default_factory=lambda: os.environ.get("MLCD_LIVENESS") or None)
+    #: Kubeconfig to use; default as kubectl: KUBECONFIG, ~/.kube/config, in-cluster.
+    kubeconfig: str | None = field(default_factory=lambda: os.environ.get("KUBECONFIG") or None)
+    #: A file holding the current time (ISO 8601): for tests and dry runs of schedules
+    #: (``MLCD_CLOCK_FILE``).
+    clock_file: pathlib.Path | None = field(
+        default_factory=lambda: (
+            pathlib.Path(os.environ["MLCD_CLOCK_FILE"])
+            if os.environ.get("MLCD_CLOCK_FILE")
+            else None
+        )
+    )

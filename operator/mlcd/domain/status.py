@@ -43,7 +43,9 @@ class ModelPipelineStatus(Model):
         default=None, description="The last time a scheduled run was due (CronJob's meaning)."
     )
     next_schedule_time: str | None = None
-    current_run: CurrentRun | None = None
+    active_runs: list[CurrentRun] = Field(
+        default_factory=list, description="Runs in progress (more than one only with Allow)."
+    )
     runs: list[RunRecord] = Field(default_factory=list, description="The last historyLimit runs.")
     serving: ServingRecord | None = None
     last_metric: str | None = Field(

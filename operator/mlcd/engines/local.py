@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from typing import Any
 
 from mlcd.domain.records import STAGES, RunRecord, Stage
 from mlcd.pipeline.context import Baseline, RunContext
@@ -40,20 +41,25 @@ class LocalEngine:
         self.root = home / "runs"
         self._children: dict[str, subprocess.Popen[bytes]] = {}
 
-    def run_dir(self, namespace: str, run_id: str) -> pathlib.Path:
-        return self.root / namespace / run_id
+    @staticmethod
+    def _name(run_id: str, attempt: int) -> str:
+        return run_id if attempt == 1 else f"{run_id}.attempt-{attempt}"
 
-    def find(self, run_id: str) -> pathlib.Path | None:
+    def run_dir(self, namespace: str, run_id: str, attempt: int = 1) -> pathlib.Path:
+        return self.root / namespace / self._name(run_id, attempt)
+
+    def find(self, run_id: str, attempt: int = 1) -> pathlib.Path | None:
         if not self.root.is_dir():
             return None
-        return next((d for d in self.root.glob(f"*/{run_id}") if d.is_dir()), None)
+        name = self._name(run_id, attempt)
+        return next((d for d in self.root.glob(f"*/{name}") if d.is_dir()), None)
 
-    def events(self, run_id: str) -> EventLog | None:
-        folder = self.find(run_id)
+    def events(self, run_id: str, attempt: int = 1) -> EventLog | None:
+        folder = self.find(run_id, attempt)
         return EventLog(folder / "events.jsonl") if folder else None
 
     def submit(self, request: RunRequest) -> None:
-        folder = self.run_dir(request.namespace, request.run_id)
+        folder = self.run_dir(request.namespace, request.run_id, request.attempt)
         folder.mkdir(parents=True, exist_ok=True)
         try:
             # Created once: a second submit of the same id, from anywhere, starts nothing.
@@ -78,12 +84,13 @@ class LocalEngine:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
+                env={**os.environ, **request.env},
             )
-        self._children[request.run_id] = process
+        self._children[folder.name] = process
         (folder / "runner.json").write_text(json.dumps({"pid": process.pid, "startedAt": started}))
 
-    def _running(self, run_id: str, folder: pathlib.Path) -> bool:
-        child = self._children.get(run_id)
+    def _running(self, folder: pathlib.Path) -> bool:
+        child = self._children.get(folder.name)
         if child is not None:
             return child.poll() is None
         try:
@@ -92,8 +99,8 @@ class LocalEngine:
             return False
         return _alive(pid)
 
-    def get(self, run_id: str) -> RunRecord | None:
-        folder = self.find(run_id)
+    def get(self, run_id: str, attempt: int = 1) -> RunRecord | None:
+        folder = self.find(run_id, attempt)
         if folder is None:
             return None
         result = folder / "result.json"
@@ -103,7 +110,7 @@ class LocalEngine:
         started = None
         with contextlib.suppress(OSError, ValueError):
             started = json.loads((folder / "runner.json").read_text()).get("startedAt")
-        if self._running(run_id, folder):
+        if self._running(folder):
             stage: Stage = "validate"
             for event in EventLog(folder / "events.jsonl"):
                 if event.get("kind") == "stage-start" and event.get("stage") in STAGES:
@@ -111,16 +118,20 @@ class LocalEngine:
             return RunRecord(
                 id=run_id, trigger=ctx.trigger, result="running", stage=stage, started_at=started
             )
+        # The process ended without writing its result (killed, or the machine went down).
         record = assemble(folder, run_id, ctx.trigger, started)
-        if record.result == "running":
-            return record
-        reason = record.reason or ""
-        if "without a result" in reason:
-            reason = "the pipeline process ended without a result (see pipeline.log)"
-        return record.model_copy(update={"reason": reason})
+        if record.result == "running" and record.model is not None:
+            return record  # it had exported a gated model: that part is done
+        return None
 
-    def cancel(self, run_id: str, grace: float = 10.0) -> None:
-        folder = self.find(run_id)
+    def resource(self, run_id: str, attempt: int = 1) -> dict[str, Any] | None:
+        folder = self.find(run_id, attempt)
+        if folder is None or not (folder / "context.json").is_file():
+            return None
+        return RunContext.model_validate_json((folder / "context.json").read_text()).resource
+
+    def cancel(self, run_id: str, attempt: int = 1, grace: float = 10.0) -> None:
+        folder = self.find(run_id, attempt)
         if folder is None:
             return
         with contextlib.suppress(OSError, ValueError, KeyError):
@@ -128,7 +139,7 @@ class LocalEngine:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGTERM)
             deadline = time.monotonic() + grace
-            while time.monotonic() < deadline and self._running(run_id, folder):
+            while time.monotonic() < deadline and self._running(folder):
                 time.sleep(0.1)
             kill_group(pid, grace=0)
         # Trainer groups live in sessions of their own; any left behind are stopped here.
@@ -137,7 +148,7 @@ class LocalEngine:
                 kill_group(int(marker.read_text()), grace=2.0)
             with contextlib.suppress(FileNotFoundError):
                 marker.unlink()
-        child = self._children.pop(run_id, None)
+        child = self._children.pop(folder.name, None)
         if child is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 child.wait(timeout=5)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pathlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from mlcd.domain.records import ModelRef, RunRecord
@@ -62,6 +62,10 @@ class RunRequest:
     namespace: str
     base_dir: str
     baseline: dict[str, Any] | None = None
+    #: A retry of a lost run: the same id, a fresh attempt.
+    attempt: int = 1
+    #: Extra environment for the run's processes (never secret values: only paths to them).
+    env: dict[str, str] = field(default_factory=dict)
 
 
 class PipelineBackend(Protocol):
@@ -70,21 +74,31 @@ class PipelineBackend(Protocol):
 
     def submit(self, request: RunRequest) -> None: ...
 
-    def get(self, run_id: str) -> RunRecord | None: ...
+    def get(self, run_id: str, attempt: int = 1) -> RunRecord | None:
+        """The run's record; ``None`` when the engine has neither a live run nor a result
+        for it (never submitted, or its process ended without one: the run is lost)."""
+        ...
 
-    def cancel(self, run_id: str) -> None: ...
+    def cancel(self, run_id: str, attempt: int = 1) -> None: ...
+
+    def resource(self, run_id: str, attempt: int = 1) -> dict[str, Any] | None:
+        """The resource exactly as the run was submitted with it."""
+        ...
 
 
 class ModelServing(Protocol):
     """Where a model is served; ``serve`` switches to a version that passed its gate."""
 
-    def serve(self, model: str, ref: ModelRef, model_dir: pathlib.Path) -> str:
-        """Serves ``model_dir`` (verified against ``ref.sha256``) and returns its URL."""
+    def serve(
+        self, model: str, ref: ModelRef, model_dir: pathlib.Path, key: str | None = None
+    ) -> str:
+        """Serves ``model_dir`` as ``model`` (verified against ``ref.sha256``) under ``key``
+        (default: the model name) and returns its URL."""
         ...
 
-    def current(self, model: str) -> ModelRef | None: ...
+    def current(self, key: str) -> ModelRef | None: ...
 
-    def stop(self, model: str) -> None: ...
+    def stop(self, key: str) -> None: ...
 
 
 class MetricProvider(Protocol):

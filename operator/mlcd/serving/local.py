@@ -78,13 +78,14 @@ class LocalServing:
     ) -> None:
         self.home, self.port, self.host, self.ready_timeout = home, port, host, ready_timeout
 
-    def _dir(self, model: str) -> pathlib.Path:
-        path = self.home / "serving" / model
+    def _dir(self, key: str) -> pathlib.Path:
+        path = self.home / "serving" / key
         path.mkdir(parents=True, exist_ok=True)
         return path
 
-    def running(self, model: str) -> ServerInfo | None:
-        info = _read_json(self._dir(model) / "server.json")
+    def running(self, key: str) -> ServerInfo | None:
+        """The live server of ``key`` (a model name, or any name a caller serves it under)."""
+        info = _read_json(self._dir(key) / "server.json")
         if not info or not _alive(int(info["pid"])):
             return None
         try:
@@ -95,10 +96,10 @@ class LocalServing:
             return None
         return ServerInfo(int(info["pid"]), int(info["port"]), str(info["url"]))
 
-    def current(self, model: str) -> ModelRef | None:
-        if self.running(model) is None:
+    def current(self, key: str) -> ModelRef | None:
+        if self.running(key) is None:
             return None
-        served = _read_json(self._dir(model) / "served.json")
+        served = _read_json(self._dir(key) / "served.json")
         if not served:
             return None
         return ModelRef(
@@ -107,18 +108,22 @@ class LocalServing:
             sha256=str(served["sha256"]),
         )
 
-    def url(self, model: str) -> str | None:
-        info = self.running(model)
+    def url(self, key: str) -> str | None:
+        info = self.running(key)
         return info.url if info else None
 
-    def serve(self, model: str, ref: ModelRef, model_dir: pathlib.Path) -> str:
+    def serve(
+        self, model: str, ref: ModelRef, model_dir: pathlib.Path, key: str | None = None
+    ) -> str:
+        """Serves ``model_dir`` as ``model`` (checked against ``ref.sha256``); returns the URL."""
+        key = key or model
         actual = sha256_file(model_dir / "model.onnx")
         if actual != ref.sha256:
             raise PermanentError(
                 f"refusing to serve {model} version {ref.version}: sha256 is "
                 f"{actual}, the repository recorded {ref.sha256}"
             )
-        folder = self._dir(model)
+        folder = self._dir(key)
         pointer = folder / "pointer.json"
         previous = _read_json(pointer)
         _write_json(
@@ -126,7 +131,7 @@ class LocalServing:
             {"version": ref.version, "path": str(model_dir), "uri": ref.uri, "sha256": ref.sha256},
         )
         try:
-            info = self.running(model)
+            info = self.running(key)
             if info is None:
                 info = self._start(model, folder)
             else:
@@ -200,8 +205,8 @@ class LocalServing:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGKILL)
 
-    def stop(self, model: str) -> None:
-        folder = self._dir(model)
+    def stop(self, key: str) -> None:
+        folder = self._dir(key)
         info = _read_json(folder / "server.json")
         if info and _alive(int(info["pid"])):
             self._kill(int(info["pid"]))

@@ -1,0 +1,101 @@
+"""Starting the operator: kopf with mlcd's handlers, settings and wiring."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import pathlib
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import kopf
+
+from mlcd.engines.local import LocalEngine
+from mlcd.k8s.handlers import Memo, register
+from mlcd.k8s.kube import Kube, api_client
+from mlcd.metrics.operator import OperatorMetrics
+from mlcd.ports import PipelineBackend
+from mlcd.reconcile import Reconciler, ReconcilerSettings
+from mlcd.serving.local import LocalServing
+from mlcd.settings import OperatorSettings
+
+FINALIZER = "mlcd.io/finalizer"
+
+
+def file_clock(path: pathlib.Path) -> Callable[[], dt.datetime]:
+    """Time read from a file: lets tests and dry runs move the operator's clock."""
+
+    def now() -> dt.datetime:
+        text = path.read_text().strip()
+        return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+    return now
+
+
+def build_memo(
+    settings: OperatorSettings, engines: Mapping[str, PipelineBackend] | None = None
+) -> Memo:
+    kube = Kube(api_client(settings.kubeconfig))
+    state = settings.state_dir
+    state.mkdir(parents=True, exist_ok=True)
+    reconciler = Reconciler(
+        ReconcilerSettings(
+            state_dir=state,
+            default_engine=settings.engine,
+            max_active_runs=settings.max_active_runs,
+        ),
+        engines=engines or {"local": LocalEngine(state)},
+        serving=LocalServing(state, port=0),
+        secrets=kube.secrets,
+        clock=file_clock(settings.clock_file)
+        if settings.clock_file
+        else (lambda: dt.datetime.now(dt.UTC)),
+    )
+    return Memo(reconciler=reconciler, kube=kube, metrics=OperatorMetrics())
+
+
+def run(
+    config: OperatorSettings,
+    engines: Mapping[str, PipelineBackend] | None = None,
+    stop_flag: Any = None,
+    ready_flag: Any = None,
+) -> None:
+    """Runs until stopped (SIGINT/SIGTERM, or ``stop_flag``)."""
+    if config.kubeconfig:
+        os.environ["KUBECONFIG"] = config.kubeconfig  # kopf logs in the way kubectl does
+    memo = build_memo(config, engines)
+    registry = kopf.OperatorRegistry()
+    register(registry, config.tick)
+    workers = config.workers
+
+    @kopf.on.startup(registry=registry)
+    def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+        settings.persistence.finalizer = FINALIZER
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="mlcd.io")
+        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+            prefix="mlcd.io", key="last-handled-configuration"
+        )
+        settings.persistence.consistency_timeout = 5.0
+        # Our own Events carry the decisions; kopf posts only its errors.
+        settings.posting.level = logging.ERROR
+        settings.posting.reporting_component = "mlcd"
+        settings.execution.max_workers = workers
+        settings.peering.lifetime = 30
+        settings.watching.server_timeout = 300
+        settings.networking.request_timeout = 60
+
+    if config.metrics_port:
+        memo.metrics.serve(config.metrics_port, config.metrics_address)
+    kopf.run(
+        registry=registry,
+        memo=memo,
+        clusterwide=not config.namespaces,
+        namespaces=config.namespaces,
+        standalone=config.peering is None,
+        peering_name=config.peering,
+        priority=config.priority,
+        liveness_endpoint=config.liveness,
+        stop_flag=stop_flag,
+        ready_flag=ready_flag,
+    )

@@ -1,0 +1,108 @@
+"""The operator's own Prometheus metrics, named by Prometheus' conventions."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from mlcd.domain.records import RunRecord
+from mlcd.domain.status import ModelPipelineStatus
+
+_STAGE_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 3600, 7200)
+
+
+class OperatorMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.runs = Counter(
+            "mlcd_runs_total",
+            "Finished runs, by trigger and result.",
+            ["namespace", "pipeline", "trigger", "result"],
+            registry=r,
+        )
+        self.runs_started = Counter(
+            "mlcd_runs_started_total",
+            "Runs started, by trigger.",
+            ["namespace", "pipeline", "trigger"],
+            registry=r,
+        )
+        self.stage_seconds = Histogram(
+            "mlcd_stage_duration_seconds",
+            "How long each stage of a run took.",
+            ["stage"],
+            buckets=_STAGE_BUCKETS,
+            registry=r,
+        )
+        self.gate = Counter(
+            "mlcd_gate_verdicts_total",
+            "Gate verdicts, passed or failed.",
+            ["namespace", "pipeline", "verdict"],
+            registry=r,
+        )
+        self.serving_metric = Gauge(
+            "mlcd_serving_model_metric",
+            "Evaluation metrics of the model serving now.",
+            ["namespace", "pipeline", "metric"],
+            registry=r,
+        )
+        self.serving_version = Gauge(
+            "mlcd_serving_model_version",
+            "Version of the model serving now.",
+            ["namespace", "pipeline"],
+            registry=r,
+        )
+        self.last_success = Gauge(
+            "mlcd_last_success_timestamp_seconds",
+            "When a run last promoted a model (Unix time).",
+            ["namespace", "pipeline"],
+            registry=r,
+        )
+        self.active = Gauge(
+            "mlcd_active_runs", "Runs in progress.", ["namespace", "pipeline"], registry=r
+        )
+        self.errors = Counter(
+            "mlcd_reconcile_errors_total",
+            "Reconciles that failed, by kind (temporary, permanent, conflict, unexpected).",
+            ["kind"],
+            registry=r,
+        )
+        self.reconciles = Histogram(
+            "mlcd_reconcile_duration_seconds",
+            "How long one reconcile took.",
+            registry=r,
+            buckets=(0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30),
+        )
+
+    def serve(self, port: int, address: str = "0.0.0.0") -> None:
+        start_http_server(port, addr=address, registry=self.registry)
+
+    def started(self, namespace: str, pipeline: str, trigger: str) -> None:
+        self.runs_started.labels(namespace, pipeline, trigger).inc()
+
+    def finished(self, namespace: str, pipeline: str, record: RunRecord) -> None:
+        self.runs.labels(namespace, pipeline, record.trigger, record.result).inc()
+        for stage, seconds in record.timings.items():
+            self.stage_seconds.labels(stage).observe(seconds)
+        if record.gate is not None:
+            verdict = "passed" if record.gate.passed else "failed"
+            self.gate.labels(namespace, pipeline, verdict).inc()
+        if record.result == "promoted":
+            finished = record.finished_at or dt.datetime.now(dt.UTC).isoformat()
+            when = dt.datetime.fromisoformat(finished.replace("Z", "+00:00"))
+            self.last_success.labels(namespace, pipeline).set(when.timestamp())
+
+    def observe(self, namespace: str, pipeline: str, status: ModelPipelineStatus) -> None:
+        self.active.labels(namespace, pipeline).set(len(status.active_runs))
+        if status.serving is not None:
+            self.serving_version.labels(namespace, pipeline).set(float(status.serving.version))
+            for name, value in status.serving.metrics.items():
+                self.serving_metric.labels(namespace, pipeline, name).set(value)
+
+    def forget(self, namespace: str, pipeline: str) -> None:
+        for gauge in (self.active, self.serving_version, self.last_success):
+            try:
+                gauge.remove(namespace, pipeline)
+            except KeyError:
+                continue
