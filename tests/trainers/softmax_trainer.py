@@ -26,6 +26,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--l2", type=float, default=1e-4)
     p.add_argument("--optimizer", default="sgd")
     p.add_argument("--fault", default="")
+    p.add_argument("--sleep", type=float, default=0.0, help="seconds to sleep per epoch")
     return p.parse_args(argv)
 
 
@@ -58,6 +59,7 @@ def fit(
         grad = (p - onehot) / len(y)
         w -= args.lr * (x.T @ grad + args.l2 * w)
         b -= args.lr * grad.sum(axis=0)
+        time.sleep(args.sleep)
         line = f"epoch={epoch} loss={loss:.5f}"
         if validation is not None:
             vx, vy = validation

@@ -21,6 +21,7 @@ from mlcd.reconcile import Plan, Reconciler
 
 CONFLICT_RETRIES = 5
 Log = logging.Logger | logging.LoggerAdapter[Any]
+LOG = logging.getLogger("mlcd.operator")
 
 
 @dataclass
@@ -88,25 +89,25 @@ def _report(body: dict[str, Any], plan: Plan, memo: Memo, logger: Log) -> None:
             cast(kopf.Body, body), type=notice.type, reason=notice.reason, message=notice.message
         )
         level = logging.WARNING if notice.type == "Warning" else logging.INFO
-        logger.log(level, "%s: %s", notice.reason, notice.message)
+        LOG.log(level, "%s/%s %s: %s", namespace, name, notice.reason, notice.message)
 
 
 def register(registry: kopf.OperatorRegistry, tick: float) -> None:
     """Adds mlcd's handlers to ``registry``; runs in progress are looked at every ``tick``."""
     resource = (API_GROUP, API_VERSION, PLURAL)
 
-    @kopf.on.event(*resource, registry=registry)
+    @kopf.on.event(*resource, id="reconcile-on-change", registry=registry)
     def on_event(body: kopf.Body, type: str | None, memo: Any, logger: Log, **_: Any) -> None:
         # Every change (created, spec edited, annotated, status written) gets a look at once.
         if type == "DELETED" or body.get("metadata", {}).get("deletionTimestamp"):
             return
         reconcile(dict(body), memo, logger)
 
-    @kopf.timer(*resource, interval=tick, registry=registry)
+    @kopf.timer(*resource, id="reconcile-on-tick", interval=tick, registry=registry)
     def on_tick(body: kopf.Body, memo: Any, logger: Log, **_: Any) -> None:
         reconcile(dict(body), memo, logger)
 
-    @kopf.on.delete(*resource, registry=registry)
+    @kopf.on.delete(*resource, id="stop-runs-and-serving", registry=registry)
     def on_delete(body: kopf.Body, memo: Any, logger: Log, **_: Any) -> None:
         meta = body["metadata"]
         memo.reconciler.cleanup(dict(body))

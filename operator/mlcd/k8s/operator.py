@@ -64,10 +64,17 @@ def run(
     """Runs until stopped (SIGINT/SIGTERM, or ``stop_flag``)."""
     if config.kubeconfig:
         os.environ["KUBECONFIG"] = config.kubeconfig  # kopf logs in the way kubectl does
+    # Each handler's success is not news; decisions are logged by mlcd.operator.
+    logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     memo = build_memo(config, engines)
     registry = kopf.OperatorRegistry()
     register(registry, config.tick)
     workers = config.workers
+
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        # The same credentials kubectl would use: the kubeconfig, else the pod's account.
+        return kopf.login_via_client(**kwargs)
 
     @kopf.on.startup(registry=registry)
     def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
