@@ -21,6 +21,11 @@ PARAM_NAME = r"^[A-Za-z][A-Za-z0-9_-]*$"
 METRIC_NAME = r"^[A-Za-z][A-Za-z0-9_.-]*$"
 DURATION = r"^[0-9]+(ms|s|m|h)$"
 
+# Bounds on lists and strings: they keep the API server's CEL cost estimates finite.
+MAX_URI = 2048
+MAX_METRIC_NAME = 128
+MAX_ARGS = 256
+
 #: Metrics the evaluate stage computes for every classifier, whatever the trainer prints.
 EVALUATION_METRICS = (
     "accuracy",
@@ -41,6 +46,7 @@ class Model(BaseModel):
 
 
 Duration = Annotated[str, Field(pattern=DURATION, description="A duration: 30s, 5m, 2h, 500ms.")]
+MetricName = Annotated[str, Field(pattern=METRIC_NAME, max_length=MAX_METRIC_NAME)]
 
 
 def duration_seconds(value: str) -> float:
@@ -58,12 +64,16 @@ class SecretRef(Model):
 
 
 class StorageLocation(Model):
+    """Where objects are stored: S3 (MinIO) or a file system."""
+
     uri: str = Field(
         min_length=1,
+        max_length=MAX_URI,
         description="s3://bucket/key, file:///path or a path (relative to the spec file).",
     )
     endpoint: str | None = Field(
         default=None,
+        max_length=MAX_URI,
         description="S3 endpoint URL (MinIO); default from AWS_ENDPOINT_URL.",
     )
     credentials_secret_ref: SecretRef | None = Field(
@@ -76,7 +86,7 @@ class DatasetSchema(Model):
     """What every sample must look like; checked before any training."""
 
     feature_shape: list[Annotated[int, Field(ge=1)]] = Field(
-        min_length=1, description="Shape of one sample's features, e.g. [1, 28, 28]."
+        min_length=1, max_length=8, description="Shape of one sample's features, e.g. [1, 28, 28]."
     )
     num_classes: int = Field(ge=2, description="Labels must be integers in [0, numClasses).")
     value_min: float | None = Field(default=None, description="Smallest allowed feature value.")
@@ -98,22 +108,39 @@ class DriftCheck(Model):
 
 
 class Dataset(StorageLocation):
+    """The training data: where it is, what it must look like, how far it may drift."""
+
     format: Literal["npz"] = Field(
         default="npz", description="npz with arrays x (features) and y (integer labels)."
     )
-    schema_: DatasetSchema = Field(alias="schema")
-    drift: DriftCheck = Field(default_factory=DriftCheck)
+    schema_: DatasetSchema = Field(
+        alias="schema", description="What every sample must look like; checked before training."
+    )
+    drift: DriftCheck = Field(
+        default_factory=DriftCheck,
+        description="How far the data may move from what the serving model was trained on.",
+    )
 
 
 class Resources(Model):
-    cpu: str | None = None
-    memory: str | None = None
-    gpu: int | None = Field(default=None, ge=0)
+    """Compute for one worker (cluster engines)."""
+
+    cpu: str | None = Field(
+        default=None, max_length=64, description="CPU per worker, a quantity such as 2 or 500m."
+    )
+    memory: str | None = Field(
+        default=None, max_length=64, description="Memory per worker, a quantity such as 4Gi."
+    )
+    gpu: int | None = Field(default=None, ge=0, description="GPUs per worker.")
 
 
 class EnvVar(Model):
-    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
-    value: str
+    """An environment variable set for the trainer in every stage."""
+
+    name: str = Field(
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=256, description="Variable name."
+    )
+    value: str = Field(description="Variable value. Use no secrets here.")
 
 
 class MetricsCollector(Model):
@@ -123,8 +150,9 @@ class MetricsCollector(Model):
         default="StdOut",
         description="StdOut: name=value lines; File: JSON object written to $MLCD_METRICS_FILE.",
     )
-    metrics_format: list[str] = Field(
+    metrics_format: list[Annotated[str, Field(max_length=1024)]] = Field(
         default_factory=list,
+        max_length=16,
         description="Regexes with two groups (name, value) for StdOut; default name=value.",
     )
 
@@ -133,19 +161,39 @@ class Trainer(Model):
     """The user's code: run as trials, as the distributed job and as evaluation."""
 
     image: str | None = Field(default=None, description="Container image (cluster engines).")
-    command: list[str] = Field(min_length=1, description="Command run in every stage.")
-    args: list[str] = Field(default_factory=list, description="Arguments for every stage.")
+    command: list[str] = Field(
+        min_length=1, max_length=MAX_ARGS, description="Command run in every stage."
+    )
+    args: list[str] = Field(
+        default_factory=list, max_length=MAX_ARGS, description="Arguments for every stage."
+    )
     workers: int = Field(default=1, ge=1, le=64, description="World size of the training job.")
-    backend: Literal["gloo", "nccl"] = Field(default="gloo")
-    resources_per_worker: Resources | None = None
-    env: list[EnvVar] = Field(default_factory=list)
-    metrics_collector: MetricsCollector = Field(default_factory=MetricsCollector)
+    backend: Literal["gloo", "nccl"] = Field(
+        default="gloo", description="torch.distributed backend: gloo (CPU) or nccl (GPU)."
+    )
+    resources_per_worker: Resources | None = Field(
+        default=None, description="CPU, memory and GPUs of each worker (cluster engines)."
+    )
+    env: list[EnvVar] = Field(
+        default_factory=list, max_length=MAX_ARGS, description="Extra environment variables."
+    )
+    metrics_collector: MetricsCollector = Field(
+        default_factory=MetricsCollector, description="How the trainer's metrics are read."
+    )
     timeout: Duration = Field(default="1h", description="Longest a training job may run.")
 
 
 class Objective(Model):
-    metric: str = Field(pattern=METRIC_NAME)
-    type: Literal["maximize", "minimize"] = "maximize"
+    """What tuning optimises: one metric the trainer prints."""
+
+    metric: str = Field(
+        pattern=METRIC_NAME,
+        max_length=MAX_METRIC_NAME,
+        description="Name of the metric the trainer reports for each trial.",
+    )
+    type: Literal["maximize", "minimize"] = Field(
+        default="maximize", description="Whether larger (maximize) or smaller values are better."
+    )
     goal: float | None = Field(default=None, description="Stop tuning once a trial reaches it.")
     strategy: Literal["latest", "max", "min"] | None = Field(
         default=None,
@@ -154,13 +202,34 @@ class Objective(Model):
 
 
 class Parameter(Model):
-    name: str = Field(pattern=PARAM_NAME, max_length=63)
-    type: Literal["double", "int", "categorical", "discrete"]
-    min: float | None = None
-    max: float | None = None
-    step: float | None = Field(default=None, gt=0)
-    values: list[str] | None = None
-    distribution: Literal["uniform", "logUniform"] = "uniform"
+    """One hyperparameter, passed to the trainer as --name=value."""
+
+    name: str = Field(
+        pattern=PARAM_NAME, max_length=63, description="Name; the trainer gets --name=value."
+    )
+    type: Literal["double", "int", "categorical", "discrete"] = Field(
+        description="double and int take min and max; categorical and discrete take values."
+    )
+    min: float | None = Field(
+        default=None, description="Smallest value (double, int); > 0 for logUniform."
+    )
+    max: float | None = Field(
+        default=None, description="Largest value (double, int); greater than min."
+    )
+    step: float | None = Field(
+        default=None,
+        gt=0,
+        description="Spacing of the values tried (double, int); required for double with grid.",
+    )
+    values: list[Annotated[str, Field(max_length=64)]] | None = Field(
+        default=None,
+        max_length=100,
+        description="The values to choose from (categorical, discrete: numbers), no repeats.",
+    )
+    distribution: Literal["uniform", "logUniform"] = Field(
+        default="uniform",
+        description="How values between min and max are sampled (double, int).",
+    )
 
 
 class Tuning(Model):
@@ -168,24 +237,37 @@ class Tuning(Model):
 
     algorithm: Literal[
         "random", "grid", "tpe", "multivariate-tpe", "cmaes", "sobol", "bayesianoptimization"
-    ] = "tpe"
-    objective: Objective
-    max_trials: int = Field(default=12, ge=1, le=1000)
-    parallel_trials: int = Field(default=2, ge=1, le=64)
-    max_failed_trials: int = Field(default=3, ge=0)
-    parameters: list[Parameter] = Field(min_length=1)
+    ] = Field(default="tpe", description="Search algorithm (Katib's names).")
+    objective: Objective = Field(description="The metric tuning optimises.")
+    max_trials: int = Field(default=12, ge=1, le=1000, description="Most trials run in total.")
+    parallel_trials: int = Field(
+        default=2, ge=1, le=64, description="Trials run at once; at most maxTrials."
+    )
+    max_failed_trials: int = Field(
+        default=3, ge=0, description="Failed trials tolerated before tuning fails."
+    )
+    parameters: list[Parameter] = Field(
+        min_length=1, max_length=50, description="The search space; names are unique."
+    )
     trial_args: list[str] = Field(
-        default_factory=list, description="Extra arguments for trials only (e.g. fewer epochs)."
+        default_factory=list,
+        max_length=MAX_ARGS,
+        description="Extra arguments for trials only (e.g. fewer epochs).",
     )
     validation_fraction: float = Field(
         default=0.2, gt=0, lt=1, description="Share of training data trials are scored on."
     )
-    trial_timeout: Duration = "30m"
-    seed: int = 0
+    trial_timeout: Duration = Field(default="30m", description="Longest one trial may run.")
+    seed: int = Field(default=0, description="Seed of the search algorithm and data split.")
 
 
 class Baseline(Model):
-    compare_to: Literal["serving", "none"] = "serving"
+    """The comparison with the model now serving."""
+
+    compare_to: Literal["serving", "none"] = Field(
+        default="serving",
+        description="serving: no regression against the serving model; none: bounds only.",
+    )
     max_regression: float = Field(
         default=0.0, ge=0, description="How much worse than the serving model is still accepted."
     )
@@ -194,48 +276,87 @@ class Baseline(Model):
 class Gate(Model):
     """TFX's blessing: an absolute bound AND no regression against the serving model."""
 
-    metric: str = Field(pattern=METRIC_NAME)
-    direction: Literal["maximize", "minimize"] = "maximize"
-    min: float | None = None
-    max: float | None = None
-    baseline: Baseline = Field(default_factory=Baseline)
+    metric: str = Field(
+        pattern=METRIC_NAME,
+        max_length=MAX_METRIC_NAME,
+        description="An evaluation metric (accuracy, loss, ...) or one of evaluation.extraMetrics.",
+    )
+    direction: Literal["maximize", "minimize"] = Field(
+        default="maximize", description="Whether larger (maximize) or smaller values are better."
+    )
+    min: float | None = Field(default=None, description="The metric must be at least this.")
+    max: float | None = Field(
+        default=None, description="The metric must be at most this; greater than min."
+    )
+    baseline: Baseline = Field(
+        default_factory=Baseline, description="The comparison with the model now serving."
+    )
 
 
 class Evaluation(Model):
+    """Scoring the trained model on data it never saw, as PyTorch and as ONNX."""
+
     holdout_fraction: float = Field(
         default=0.2, gt=0, lt=1, description="Share of the dataset the trainer never sees."
     )
     parity_tolerance: float = Field(
         default=1e-3, gt=0, description="Largest |onnx - trained| output difference accepted."
     )
-    extra_metrics: list[Annotated[str, Field(pattern=METRIC_NAME)]] = Field(
+    extra_metrics: list[MetricName] = Field(
         default_factory=list,
+        max_length=50,
         description="Metrics the trainer prints when evaluating, usable by the gate.",
     )
-    seed: int = 0
+    seed: int = Field(default=0, description="Seed of the holdout split.")
 
 
 class RolloutMetric(Model):
-    name: str = Field(pattern=METRIC_NAME)
-    query: str = Field(min_length=1, description="PromQL; {{ canary }} {{ stable }} filled in.")
-    min: float | None = None
-    max: float | None = None
+    """A Prometheus check of the canary; it passes within [min, max]."""
+
+    name: str = Field(
+        pattern=METRIC_NAME, max_length=MAX_METRIC_NAME, description="Name shown in status."
+    )
+    query: str = Field(
+        min_length=1, max_length=4096, description="PromQL; {{ canary }} {{ stable }} filled in."
+    )
+    min: float | None = Field(default=None, description="Lowest passing value.")
+    max: float | None = Field(default=None, description="Highest passing value.")
 
 
 class Rollout(Model):
-    steps: list[Annotated[int, Field(ge=1, le=100)]] = Field(default_factory=lambda: [100])
-    interval: Duration = "1m"
-    failure_threshold: int = Field(default=2, ge=1)
-    no_data: Literal["hold", "fail"] = "hold"
-    metrics: list[RolloutMetric] = Field(default_factory=list)
+    """Progressive delivery: traffic steps to the new model, each judged by metrics."""
+
+    steps: list[Annotated[int, Field(ge=1, le=100)]] = Field(
+        default_factory=lambda: [100],
+        min_length=1,
+        max_length=20,
+        description="Traffic percentages to the new model, ascending, each at most 100.",
+    )
+    interval: Duration = Field(default="1m", description="Time between analyses.")
+    failure_threshold: int = Field(
+        default=2, ge=1, description="Failed analyses that roll back to the serving model."
+    )
+    no_data: Literal["hold", "fail"] = Field(
+        default="hold", description="A query with no data: hold the step, or count a failure."
+    )
+    metrics: list[RolloutMetric] = Field(
+        default_factory=list, max_length=20, description="Checks run at every analysis."
+    )
 
 
 class Serving(Model):
-    inference_service: str = Field(pattern=DNS_LABEL, max_length=45)
-    model_name: str | None = Field(
-        default=None, pattern=DNS_LABEL, description="Model name; default inferenceService."
+    """Where the model is served: a KServe InferenceService (or the local servers)."""
+
+    inference_service: str = Field(
+        pattern=DNS_LABEL, max_length=45, description="Name of the InferenceService."
     )
-    rollout: Rollout = Field(default_factory=Rollout)
+    model_name: str | None = Field(
+        default=None,
+        pattern=DNS_LABEL,
+        max_length=63,
+        description="Model name; default inferenceService.",
+    )
+    rollout: Rollout = Field(default_factory=Rollout, description="How a new model is rolled out.")
 
     @property
     def name(self) -> str:
@@ -243,33 +364,61 @@ class Serving(Model):
 
 
 class Triggers(Model):
+    """What starts a run besides the schedule."""
+
     new_data: bool = Field(default=False, description="Retrain when the dataset changes.")
     poll_interval: Duration = Field(default="5m", description="How often the dataset is checked.")
 
 
 class ModelPipelineSpec(Model):
+    """What to train, how to judge it and where to serve it."""
+
     engine: Literal["local", "kubeflow"] | None = Field(
         default=None, description="Where the pipeline runs; default the operator's setting."
     )
-    schedule: str | None = Field(default=None, description="Cron expression for retraining.")
-    time_zone: str | None = None
-    suspend: bool = False
-    concurrency_policy: Literal["Allow", "Forbid", "Replace"] = "Forbid"
-    starting_deadline_seconds: int | None = Field(default=None, ge=1)
-    triggers: Triggers = Field(default_factory=Triggers)
-    dataset: Dataset
-    trainer: Trainer
-    tuning: Tuning | None = None
-    evaluation: Evaluation = Field(default_factory=Evaluation)
-    gate: Gate
-    serving: Serving
+    schedule: str | None = Field(
+        default=None,
+        max_length=128,
+        description="Cron expression for retraining: five fields or @hourly, @daily, ...",
+    )
+    time_zone: str | None = Field(
+        default=None,
+        max_length=64,
+        description="IANA time zone of the schedule, e.g. Europe/Berlin; default UTC.",
+    )
+    suspend: bool = Field(default=False, description="Start no new runs (as a CronJob's).")
+    concurrency_policy: Literal["Allow", "Forbid", "Replace"] = Field(
+        default="Forbid",
+        description="A run is due while one is in progress: start both (Allow), skip the new "
+        "one (Forbid) or cancel the old one (Replace).",
+    )
+    starting_deadline_seconds: int | None = Field(
+        default=None, ge=1, description="A scheduled run this late is skipped."
+    )
+    triggers: Triggers = Field(
+        default_factory=Triggers, description="What starts a run besides the schedule."
+    )
+    dataset: Dataset = Field(description="The training data.")
+    trainer: Trainer = Field(description="The user's training code.")
+    tuning: Tuning | None = Field(
+        default=None, description="Hyperparameter search; without it the trainer's defaults."
+    )
+    evaluation: Evaluation = Field(
+        default_factory=Evaluation, description="How the trained model is scored."
+    )
+    gate: Gate = Field(description="The bar a new model must clear before it is served.")
+    serving: Serving = Field(description="Where the model is served and how it is rolled out.")
     artifacts: StorageLocation | None = Field(
         default=None, description="Model repository root; default the local state directory."
     )
-    history_limit: int = Field(default=10, ge=1, le=100)
+    history_limit: int = Field(
+        default=10, ge=1, le=100, description="Finished runs kept in status."
+    )
 
 
 class ObjectMeta(BaseModel):
+    """The resource's name and namespace."""
+
     model_config = ConfigDict(extra="allow", frozen=True)
 
     name: str = Field(pattern=DNS_LABEL, max_length=53)
@@ -277,6 +426,8 @@ class ObjectMeta(BaseModel):
 
 
 class ModelPipeline(Model):
+    """One model's continuous training and delivery: retrain, judge, export, roll out."""
+
     api_version: Literal["mlcd.io/v1alpha1"]
     kind: Literal["ModelPipeline"]
     metadata: ObjectMeta
