@@ -14,32 +14,44 @@ STAGES: tuple[Stage, ...] = ("validate", "tune", "train", "evaluate", "gate", "e
 
 
 class GateCheck(Model):
-    name: str
-    passed: bool
-    detail: str
+    """One check of the gate, with its numbers."""
+
+    name: str = Field(description="min, max or baseline.")
+    passed: bool = Field(description="Whether the check passed.")
+    detail: str = Field(description="The comparison, e.g. accuracy 0.981 >= min 0.97.")
 
 
 class GateVerdict(Model):
     """The gate's decision and every number behind it."""
 
-    passed: bool
-    metric: str
-    value: float | None = None
-    direction: Literal["maximize", "minimize"] = "maximize"
-    min: float | None = None
-    max: float | None = None
-    baseline_value: float | None = None
-    baseline_version: str | None = None
-    max_regression: float | None = None
-    regression: float | None = None
-    reason: str
-    checks: list[GateCheck] = Field(default_factory=list)
+    passed: bool = Field(description="Whether the model may replace the serving one.")
+    metric: str = Field(description="The gate's metric.")
+    value: float | None = Field(default=None, description="The candidate's value of it.")
+    direction: Literal["maximize", "minimize"] = Field(
+        default="maximize", description="Whether larger (maximize) or smaller values are better."
+    )
+    min: float | None = Field(default=None, description="The gate's lower bound.")
+    max: float | None = Field(default=None, description="The gate's upper bound.")
+    baseline_value: float | None = Field(
+        default=None, description="The serving model's value of the metric."
+    )
+    baseline_version: str | None = Field(default=None, description="The version that was serving.")
+    max_regression: float | None = Field(
+        default=None, description="How much worse than the serving model was accepted."
+    )
+    regression: float | None = Field(
+        default=None, description="How much worse than the serving model the candidate is."
+    )
+    reason: str = Field(description="The decision in one line.")
+    checks: list[GateCheck] = Field(default_factory=list, description="Every check made.")
 
 
 class ModelRef(Model):
-    uri: str
-    version: str
-    sha256: str
+    """An exported model in the model repository."""
+
+    uri: str = Field(description="Where the ONNX model is.")
+    version: str = Field(description="Its version.")
+    sha256: str = Field(description="Its SHA-256 digest.")
 
 
 class TrialRecord(Model):
@@ -54,38 +66,47 @@ class TrialRecord(Model):
 class DataReport(Model):
     """The validate stage's findings: sanity of the new data and its drift."""
 
-    ok: bool
-    samples: int = 0
-    class_counts: list[int] = Field(default_factory=list)
-    problems: list[str] = Field(default_factory=list)
-    drift: dict[str, float] = Field(default_factory=dict)
-    sha256: str | None = None
-    version: str | None = None
+    ok: bool = Field(description="Whether the data may be trained on.")
+    samples: int = Field(default=0, description="Number of samples.")
+    class_counts: list[int] = Field(default_factory=list, description="Samples per class.")
+    problems: list[str] = Field(default_factory=list, description="What is wrong with it.")
+    drift: dict[str, float] = Field(
+        default_factory=dict,
+        description="feature-psi and label-psi against the serving model's data.",
+    )
+    sha256: str | None = Field(default=None, description="SHA-256 digest of the data.")
+    version: str | None = Field(default=None, description="The data's version or ETag.")
 
 
 class RunRecord(Model):
-    id: str
-    trigger: str = "manual"
-    result: RunResult = "running"
-    stage: Stage = "validate"
-    reason: str | None = None
-    started_at: str | None = None
-    finished_at: str | None = None
-    params: dict[str, str | float | int] = Field(default_factory=dict)
-    metrics: dict[str, float] = Field(default_factory=dict)
-    gate: GateVerdict | None = None
-    model: ModelRef | None = None
-    data: DataReport | None = None
-    timings: dict[str, float] = Field(default_factory=dict)
+    """One run: what started it, what it found and what was decided."""
+
+    id: str = Field(description="The run's id.")
+    trigger: str = Field(default="manual", description="schedule, new-data or manual.")
+    result: RunResult = Field(
+        default="running", description="running, promoted, rejected (by the gate) or failed."
+    )
+    stage: Stage = Field(default="validate", description="The last stage it reached.")
+    reason: str | None = Field(default=None, description="Why it failed or was rejected.")
+    started_at: str | None = Field(default=None, description="When it started (RFC 3339).")
+    finished_at: str | None = Field(default=None, description="When it ended (RFC 3339).")
+    params: dict[str, str | float | int] = Field(
+        default_factory=dict, description="The hyperparameters trained with."
+    )
+    metrics: dict[str, float] = Field(default_factory=dict, description="The evaluation's metrics.")
+    gate: GateVerdict | None = Field(default=None, description="The gate's verdict.")
+    model: ModelRef | None = Field(default=None, description="The model it exported.")
+    data: DataReport | None = Field(default=None, description="What the data check found.")
+    timings: dict[str, float] = Field(default_factory=dict, description="Seconds per stage.")
 
 
 class ServingRecord(Model):
     """What is served now: a version that passed its gate, verified by its sha256."""
 
-    model: str
-    version: str
-    uri: str
-    sha256: str
-    url: str | None = None
-    run: str | None = None
-    metrics: dict[str, float] = Field(default_factory=dict)
+    model: str = Field(description="The model's name.")
+    version: str = Field(description="The version serving.")
+    uri: str = Field(description="Where the ONNX model is.")
+    sha256: str = Field(description="Its SHA-256 digest, checked before serving.")
+    url: str | None = Field(default=None, description="Where it answers predictions.")
+    run: str | None = Field(default=None, description="The run that produced it.")
+    metrics: dict[str, float] = Field(default_factory=dict, description="Its evaluation's metrics.")

@@ -16,38 +16,58 @@ ConditionType = Literal["Ready", "Training", "Gated", "Degraded", "SpecValid"]
 class Condition(Model):
     """Kubernetes' condition shape."""
 
-    type: ConditionType
-    status: Literal["True", "False", "Unknown"]
-    reason: str = Field(pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$", max_length=1024)
-    message: str = Field(default="", max_length=32768)
-    last_transition_time: str | None = None
-    observed_generation: int | None = None
+    type: ConditionType = Field(description="Ready, Training, Gated, Degraded or SpecValid.")
+    status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
+    reason: str = Field(
+        pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$",
+        max_length=1024,
+        description="Why, in one CamelCase word (e.g. GatePassed, InvalidSpec).",
+    )
+    message: str = Field(default="", max_length=32768, description="Why, for a person.")
+    last_transition_time: str | None = Field(
+        default=None, description="When status last changed (RFC 3339)."
+    )
+    observed_generation: int | None = Field(
+        default=None, description="The resource's generation this condition was computed for."
+    )
 
 
 class CurrentRun(Model):
     """The run in progress: enough to find it again after a restart."""
 
-    id: str
-    trigger: str
-    stage: Stage = "validate"
-    started_at: str
-    attempt: int = Field(default=1, ge=1)
-    engine: str = "local"
+    id: str = Field(description="The run's id, derived from its trigger.")
+    trigger: str = Field(description="What started it: schedule, new-data or manual.")
+    stage: Stage = Field(default="validate", description="The stage it is at.")
+    started_at: str = Field(description="When it started (RFC 3339).")
+    attempt: int = Field(default=1, ge=1, description="Attempt number of this run.")
+    engine: str = Field(default="local", description="The engine running it.")
 
 
 class ModelPipelineStatus(Model):
-    phase: Phase = "Pending"
-    observed_generation: int | None = None
-    conditions: list[Condition] = Field(default_factory=list)
+    """What the operator observed and decided; written only by it."""
+
+    phase: Phase = Field(
+        default="Pending",
+        description="Pending, Running, Ready (a model serves), Failed (the last run failed or "
+        "was rejected, nothing serves), Invalid (see SpecValid) or Suspended.",
+    )
+    observed_generation: int | None = Field(
+        default=None, description="The generation of the spec the operator last acted on."
+    )
+    conditions: list[Condition] = Field(
+        default_factory=list, description="Ready, Training, Gated, Degraded and SpecValid."
+    )
     last_schedule_time: str | None = Field(
         default=None, description="The last time a scheduled run was due (CronJob's meaning)."
     )
-    next_schedule_time: str | None = None
+    next_schedule_time: str | None = Field(
+        default=None, description="When the schedule next starts a run (RFC 3339, UTC)."
+    )
     active_runs: list[CurrentRun] = Field(
         default_factory=list, description="Runs in progress (more than one only with Allow)."
     )
     runs: list[RunRecord] = Field(default_factory=list, description="The last historyLimit runs.")
-    serving: ServingRecord | None = None
+    serving: ServingRecord | None = Field(default=None, description="The model now serving.")
     last_metric: str | None = Field(
         default=None, description="The gate metric of the last finished run, e.g. accuracy=0.977."
     )
