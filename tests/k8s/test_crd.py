@@ -106,11 +106,11 @@ def test_the_schema_is_structural() -> None:
     }
 
 
-def test_every_spec_field_has_a_description() -> None:
-    spec = openapi()["properties"]["spec"]
+@pytest.mark.parametrize("part", ["spec", "status"])
+def test_every_field_has_a_description(part: str) -> None:
     undocumented = [
         path
-        for path, node in schema_nodes(spec, "spec")
+        for path, node in schema_nodes(openapi()["properties"][part], part)
         if not path.endswith(("[]", "{}")) and not node.get("description")
     ]
     assert undocumented == []
