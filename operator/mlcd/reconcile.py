@@ -28,7 +28,7 @@ from mlcd.domain.lifecycle import Effects, Notice, Seen
 from mlcd.domain.records import ModelRef, RunRecord, ServingRecord
 from mlcd.domain.spec import ModelPipeline, StorageLocation, duration_seconds
 from mlcd.domain.status import CurrentRun, ModelPipelineStatus
-from mlcd.errors import MlcdError, PermanentError, SpecError, TemporaryError
+from mlcd.errors import MlcdError, PermanentError, SpecError
 from mlcd.ports import ModelServing, PipelineBackend, RunRequest
 
 TRIGGER_ANNOTATION = "mlcd.io/trigger"
@@ -52,7 +52,6 @@ class Plan:
     notices: list[Notice] = field(default_factory=list)
     finished: list[RunRecord] = field(default_factory=list)
     started: list[CurrentRun] = field(default_factory=list)
-    retry_in: float | None = None
 
 
 @dataclass
@@ -80,6 +79,7 @@ class Reconciler:
         self.secrets = secrets  # namespace -> resolver
         self.clock = clock
         self._polled: dict[str, float] = {}
+        self._blocked: dict[str, str] = {}  # pipeline uid -> why its data cannot be checked
         self._active: dict[str, int] = {}  # pipeline uid -> runs in progress
         self._lock = threading.Lock()
 
@@ -96,14 +96,11 @@ class Reconciler:
             problem = self._operator_problems(pipeline)
         limit = pipeline.spec.history_limit if pipeline else max(len(status.runs), 10)
 
+        previous = {c.type: c for c in status.conditions}
         status = self._observe_runs(body, pipeline, status, now, limit, effects)
-        retry_in = None
+        blocked = None
         if pipeline is not None and problem is None and not meta.get("deletionTimestamp"):
-            try:
-                status = self._triggers(body, pipeline, status, now, limit, effects)
-            except TemporaryError as exc:
-                effects.notices.append(Notice("Warning", "TriggerCheckFailed", str(exc)))
-                retry_in = exc.delay
+            status, blocked = self._triggers(body, pipeline, status, now, limit, effects)
         with self._lock:
             self._active[uid] = len(status.active_runs)
         spec = pipeline.spec if pipeline else None
@@ -111,23 +108,31 @@ class Reconciler:
             update={
                 "phase": lifecycle.phase(status, spec, problem),
                 "observed_generation": meta.get("generation"),
-                "conditions": lifecycle.conditions(status, problem, meta.get("generation"), now),
+                "conditions": lifecycle.conditions(
+                    status, problem, meta.get("generation"), now, blocked
+                ),
                 "next_schedule_time": self._next(spec, now),
                 "last_metric": lifecycle.last_metric(status, spec.gate.metric) if spec else None,
             }
         )
+        # A problem is reported once, when it appears or changes, not at every look.
+        spec_valid, degraded = previous.get("SpecValid"), previous.get("Degraded")
+        if problem and (spec_valid is None or spec_valid.message != problem):
+            effects.notices.append(Notice("Warning", "InvalidSpec", problem))
+        if blocked and (degraded is None or degraded.message != blocked):
+            effects.notices.append(Notice("Warning", "DatasetUnavailable", blocked))
         return Plan(
             status=status,
             notices=effects.notices,
             finished=effects.finished,
             started=effects.submit,
-            retry_in=retry_in,
         )
 
     def forget(self, uid: str) -> None:
         with self._lock:
             self._active.pop(uid, None)
             self._polled.pop(uid, None)
+            self._blocked.pop(uid, None)
 
     # -- parsing and what only the operator can check -----------------------------------
 
@@ -306,20 +311,31 @@ class Reconciler:
         now: dt.datetime,
         limit: int,
         effects: Effects,
-    ) -> ModelPipelineStatus:
+    ) -> tuple[ModelPipelineStatus, str | None]:
+        """Starts what is due; also returns why new data could not be checked, if so."""
         spec = pipeline.spec
         meta = body["metadata"]
         uid = str(meta.get("uid") or f"{pipeline.namespace}/{pipeline.name}")
+        blocked = None
         wanted: list[tuple[lifecycle.TriggerKind, str, dict[str, Any]]] = []
         annotation = (meta.get("annotations") or {}).get(TRIGGER_ANNOTATION)
         if annotation and annotation != status.handled_trigger:
             run = lifecycle.trigger_run_id(pipeline.name, "manual", annotation)
             wanted.append(("manual", run, {"handled_trigger": annotation}))
+        version = None
         if spec.triggers.new_data and not spec.suspend and self._poll_due(uid, spec):
-            version = open_dataset(spec.dataset, self.secrets(pipeline.namespace)).version()
-            if version != status.dataset_version:
-                run = lifecycle.trigger_run_id(pipeline.name, "new-data", version)
-                wanted.append(("new-data", run, {"dataset_version": version}))
+            try:
+                version = open_dataset(spec.dataset, self.secrets(pipeline.namespace)).version()
+            except MlcdError as exc:
+                blocked = f"spec.dataset.uri: {exc}"
+                self._blocked[uid] = blocked
+            else:
+                self._blocked.pop(uid, None)
+        elif spec.triggers.new_data:
+            blocked = self._blocked.get(uid)  # between polls, the last answer stands
+        if version is not None and version != status.dataset_version:
+            run = lifecycle.trigger_run_id(pipeline.name, "new-data", version)
+            wanted.append(("new-data", run, {"dataset_version": version}))
         if spec.schedule and not spec.suspend:
             created = parse_time(meta.get("creationTimestamp")) or now
             last = parse_time(status.last_schedule_time) or created
@@ -397,7 +413,7 @@ class Reconciler:
             )
             with self._lock:
                 self._active[uid] = len(status.active_runs)
-        return status
+        return status, blocked
 
     def _poll_due(self, uid: str, spec: Any) -> bool:
         interval = duration_seconds(spec.triggers.poll_interval)

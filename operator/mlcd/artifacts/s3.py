@@ -9,6 +9,7 @@ import io
 import json
 import os
 import pathlib
+import re
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
@@ -68,7 +69,10 @@ def _call(what: str, fn: Callable[[], T]) -> T:
             raise PermanentError(f"{what}: {exc.code}: {exc.message}") from exc
         raise StoreUnavailable(f"{what}: {exc.code}: {exc.message}") from exc
     except (urllib3.exceptions.HTTPError, ConnectionError, TimeoutError) as exc:
-        raise StoreUnavailable(f"{what}: object store unreachable ({exc})") from exc
+        cause = getattr(exc, "reason", None) or exc
+        # Without object addresses the message is the same each time it is reported.
+        text = re.sub(r"<[^>]*>: ", "", re.sub(r" at 0x[0-9a-f]+", "", str(cause)))
+        raise StoreUnavailable(f"{what}: object store unreachable ({text})") from exc
 
 
 class S3Store:

@@ -50,6 +50,7 @@ class Act(StrEnum):
     NOTE = "note"  # post a Normal event
 
 
+ConditionStatus = Literal["True", "False", "Unknown"]
 RunState = Literal["running", "promoting", "promoted", "rejected", "failed"]
 Transition = tuple[RunState, tuple[Act, ...]]
 
@@ -257,13 +258,17 @@ def trigger_run_id(name: str, kind: TriggerKind, key: str | dt.datetime) -> str:
 
 
 def conditions(
-    status: ModelPipelineStatus, spec_problem: str | None, generation: int | None, now: dt.datetime
+    status: ModelPipelineStatus,
+    spec_problem: str | None,
+    generation: int | None,
+    now: dt.datetime,
+    blocked: str | None = None,
 ) -> list[Condition]:
-    """Ready, Training, Gated, Degraded and SpecValid, from the status alone."""
+    """Ready, Training, Gated, Degraded and SpecValid, from the status and what keeps new
+    runs from starting (``blocked``: the dataset cannot be checked)."""
     last = status.runs[-1] if status.runs else None
     gated = next((r for r in reversed(status.runs) if r.gate is not None), None)
-    Status = Literal["True", "False", "Unknown"]
-    wanted: list[tuple[ConditionType, Status, str, str]] = []
+    wanted: list[tuple[ConditionType, ConditionStatus, str, str]] = []
     if status.serving is not None:
         wanted.append(
             (
@@ -290,7 +295,9 @@ def conditions(
                 f"run {gated.id}: {gated.gate.reason}",
             )
         )
-    if last is not None and last.result == "failed":
+    if blocked:
+        wanted.append(("Degraded", "True", "DatasetUnavailable", blocked))
+    elif last is not None and last.result == "failed":
         wanted.append(("Degraded", "True", "RunFailed", f"run {last.id}: {last.reason}"))
     else:
         wanted.append(("Degraded", "False", "AsExpected", ""))

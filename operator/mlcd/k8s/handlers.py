@@ -7,11 +7,13 @@ import logging
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
 import kopf
 
+from mlcd.domain.lifecycle import Notice
 from mlcd.domain.spec import API_GROUP, API_VERSION
 from mlcd.domain.status import ModelPipelineStatus
 from mlcd.errors import PermanentError, TemporaryError
@@ -24,6 +26,12 @@ Log = logging.Logger | logging.LoggerAdapter[Any]
 LOG = logging.getLogger("mlcd.operator")
 
 
+def post_event(body: dict[str, Any], notice: Notice) -> None:
+    kopf.event(
+        cast(kopf.Body, body), type=notice.type, reason=notice.reason, message=notice.message
+    )
+
+
 @dataclass
 class Memo:
     """What the handlers share: passed to kopf as its memo, no module globals."""
@@ -31,6 +39,7 @@ class Memo:
     reconciler: Reconciler
     kube: Kube
     metrics: OperatorMetrics
+    post: Callable[[dict[str, Any], Notice], None] = post_event
     locks: defaultdict[str, threading.Lock] = field(
         default_factory=lambda: defaultdict(threading.Lock)
     )
@@ -85,9 +94,7 @@ def _report(body: dict[str, Any], plan: Plan, memo: Memo, logger: Log) -> None:
         memo.metrics.finished(namespace, name, record)
     memo.metrics.observe(namespace, name, plan.status)
     for notice in plan.notices:
-        kopf.event(
-            cast(kopf.Body, body), type=notice.type, reason=notice.reason, message=notice.message
-        )
+        memo.post(body, notice)
         level = logging.WARNING if notice.type == "Warning" else logging.INFO
         LOG.log(level, "%s/%s %s: %s", namespace, name, notice.reason, notice.message)
 
