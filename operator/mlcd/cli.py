@@ -48,6 +48,10 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("file", type=pathlib.Path)
     check.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
 
+    render = sub.add_parser("render", help="print the resource with overrides applied, for kubectl")
+    render.add_argument("file", type=pathlib.Path)
+    render.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+
     status = sub.add_parser("status", help="what is served and the last runs")
     status.add_argument("name", nargs="?", help="a pipeline name (default: all)")
     status.add_argument("--namespace", default="default")
@@ -106,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_run(args, out, err)
         if args.command == "validate":
             return cmd_validate(args, out, err)
+        if args.command == "render":
+            return cmd_render(args)
         if args.command == "status":
             return cmd_status(args, out)
         if args.command == "down":
@@ -145,6 +151,22 @@ def cmd_validate(args: argparse.Namespace, out: Console, err: Console) -> int:
 
     pipeline, _ = specfile.load(args.file, args.overrides)
     out.print(f"{args.file}: ModelPipeline {pipeline.namespace}/{pipeline.name} is valid")
+    return EXIT_OK
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    """The validated resource as YAML; relative paths become absolute, as ``run`` reads them."""
+    import yaml
+
+    from mlcd import specfile
+    from mlcd.loop import resolve_locations
+    from mlcd.settings import LocalSettings
+
+    _, raw = specfile.load(args.file, args.overrides)
+    resource = resolve_locations(raw, args.file.resolve().parent, LocalSettings().models)
+    if not raw["spec"].get("artifacts"):
+        del resource["spec"]["artifacts"]  # the operator's own default applies in a cluster
+    sys.stdout.write(yaml.safe_dump(resource, sort_keys=False))
     return EXIT_OK
 
 

@@ -1,0 +1,78 @@
+"""The example as a user applies it: kubectl apply, kubectl wait, kubectl get, the model served.
+
+The real trainer (PyTorch, DDP with two workers) on a small budget, through the example's
+documented overrides (``mlcd render --set``)."""
+
+from __future__ import annotations
+
+import pathlib
+
+import httpx
+import numpy as np
+import pytest
+
+from helpers import mlcd
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+def test_kubectl_apply_the_example_then_wait_for_ready(start_operator, pipelines, tmp_path):
+    from mnist_trainer.dataset import write
+
+    data = tmp_path / "mnist.npz"
+    write(data)
+    # The example's documented overrides: the same --set as `mlcd run`, rendered for kubectl.
+    rendered = mlcd(
+        "render",
+        str(ROOT / "examples" / "mnist" / "modelpipeline.yaml"),
+        "--set",
+        "tuning.maxTrials=2",
+        "--set",
+        "tuning.trialArgs[0]=--epochs=1",
+        "--set",
+        "trainer.args[0]=--epochs=3",
+        "--set",
+        "gate.min=0.9",
+        "--set",
+        f"dataset.uri={data}",
+    )
+    assert rendered.code == 0, rendered.stderr
+    start_operator()
+    cluster, ns = pipelines.cluster, pipelines.namespace
+    cluster.kubectl("apply", "-f", "-", "-n", ns, input=rendered.stdout)
+    waited = cluster.kubectl(
+        "wait",
+        "--for=condition=Ready",
+        "modelpipeline/mnist",
+        "-n",
+        ns,
+        "--timeout=600s",
+        timeout=660,
+    )
+    assert "condition met" in waited.stdout
+    table = cluster.kubectl("get", "mp", "-n", ns).stdout.splitlines()
+    assert table[0].split() == ["NAME", "PHASE", "SERVING", "METRIC", "NEXT", "RUN", "AGE"]
+    row = table[1].split()
+    assert row[:3] == ["mnist", "Ready", "1"] and row[3].startswith("accuracy=")
+
+    status = pipelines.status("mnist")
+    serving = status["serving"]
+    assert serving["version"] == "1" and len(serving["sha256"]) == 64
+    assert serving["metrics"]["accuracy"] > 0.9
+    assert status["runs"][0]["params"]["optimizer"] in ("adam", "sgd")
+    with np.load(data) as arrays:
+        x = arrays["x"][:4].astype(np.float32)
+    body = {
+        "inputs": [
+            {
+                "name": "input",
+                "shape": list(x.shape),
+                "datatype": "FP32",
+                "data": x.ravel().tolist(),
+            }
+        ]
+    }
+    answer = httpx.post(f"{serving['url']}/v2/models/mnist/infer", json=body, timeout=30)
+    assert answer.status_code == 200
+    assert answer.json()["outputs"][0]["shape"] == [4, 10]
