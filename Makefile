@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DATASET := examples/mnist/data/mnist.npz
 
-.PHONY: run test env components lint pytest clean-state
+.PHONY: run test env components lint pytest crd
 
 run: env $(DATASET)
 	$(BIN)/mlcd run examples/mnist/modelpipeline.yaml
@@ -30,3 +30,7 @@ lint: env
 
 pytest: env
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# The CRD is generated from the models; a test fails when the checked-in file drifts.
+crd: env
+	$(BIN)/python -m mlcd.k8s.crd --output crds/mlcd.io_modelpipelines.yaml

@@ -94,3 +94,36 @@ def wait_for(
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+
+
+def v2_infer(url: str, model: str, x: Any) -> Any:
+    """Asks a served model through the V2 (Open Inference) protocol; returns its output."""
+    import httpx
+    import numpy as np
+
+    body = {
+        "inputs": [
+            {
+                "name": "input",
+                "shape": list(x.shape),
+                "datatype": "FP32",
+                "data": x.ravel().tolist(),
+            }
+        ]
+    }
+    response = httpx.post(f"{url}/v2/models/{model}/infer", json=body, timeout=30)
+    response.raise_for_status()
+    out = response.json()["outputs"][0]
+    assert out["name"] == "logits" and out["datatype"] == "FP32", out
+    return np.array(out["data"]).reshape(out["shape"])
+
+
+def metric_value(text: str, name: str, **labels: str) -> float | None:
+    """The value of one sample in a Prometheus exposition, whatever the label order."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return None

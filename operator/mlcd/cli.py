@@ -363,6 +363,10 @@ def cmd_operator(args: argparse.Namespace) -> int:
     import dataclasses
     import logging
 
+    # kopf watches with its own client and mlcd talks to the API server through httpx: the
+    # Kubernetes client library (kopf loads it when installed) would only cost memory.
+    sys.modules.setdefault("kubernetes", None)  # type: ignore[arg-type]
+
     from mlcd.k8s.operator import run
     from mlcd.settings import OperatorSettings
 

@@ -12,19 +12,12 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from mlcd.k8s.kube import Kube, api_client
+from mlcd.k8s.kube import Kube
 
 
-def _namespace(args: argparse.Namespace) -> str:
-    if args.namespace:
-        return str(args.namespace)
-    from kubernetes import config
-
-    try:
-        _, active = config.list_kube_config_contexts(config_file=args.kubeconfig)
-        return str(active.get("context", {}).get("namespace") or "default")
-    except Exception:
-        return "default"
+def _namespace(args: argparse.Namespace, kube: Kube) -> str:
+    """``-n``, else the kubeconfig context's namespace, else ``default``, as kubectl."""
+    return str(args.namespace or kube.default_namespace or "default")
 
 
 def _age(created: str | None) -> str:
@@ -39,8 +32,8 @@ def _age(created: str | None) -> str:
 
 
 def get(args: argparse.Namespace, out: Console) -> int:
-    kube = Kube(api_client(args.kubeconfig))
-    namespace = None if args.all_namespaces else _namespace(args)
+    kube = Kube.connect(args.kubeconfig)
+    namespace = None if args.all_namespaces else _namespace(args, kube)
     items = kube.items(namespace)
     if args.name:
         items = [i for i in items if i["metadata"]["name"] == args.name]
@@ -71,8 +64,8 @@ def get(args: argparse.Namespace, out: Console) -> int:
 
 
 def describe(args: argparse.Namespace, out: Console) -> int:
-    kube = Kube(api_client(args.kubeconfig))
-    namespace = _namespace(args)
+    kube = Kube.connect(args.kubeconfig)
+    namespace = _namespace(args, kube)
     item: dict[str, Any] = kube.get(namespace, args.name)
     spec, status = item.get("spec") or {}, item.get("status") or {}
     out.print(f"[bold]Name:[/] {args.name}   [bold]Namespace:[/] {namespace}")
@@ -124,14 +117,14 @@ def describe(args: argparse.Namespace, out: Console) -> int:
     out.print(runs)
     events = Table("TYPE", "REASON", "MESSAGE", title="Events", title_justify="left", box=None)
     for e in kube.events(namespace, args.name)[-15:]:
-        events.add_row(e.type or "", e.reason or "", e.message or "")
+        events.add_row(e.get("type", ""), e.get("reason", ""), e.get("message", ""))
     out.print(events)
     return 0
 
 
 def trigger(args: argparse.Namespace, out: Console) -> int:
-    kube = Kube(api_client(args.kubeconfig))
-    namespace = _namespace(args)
+    kube = Kube.connect(args.kubeconfig)
+    namespace = _namespace(args, kube)
     value = kube.trigger(namespace, args.name)
     out.print(f"modelpipeline {namespace}/{args.name} triggered ({value})")
     return 0

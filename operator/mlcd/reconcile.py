@@ -80,6 +80,7 @@ class Reconciler:
         self.clock = clock
         self._polled: dict[str, float] = {}
         self._blocked: dict[str, str] = {}  # pipeline uid -> why its data cannot be checked
+        self._parsed: dict[str, tuple[Any, ModelPipeline | None, str | None, float]] = {}
         self._active: dict[str, int] = {}  # pipeline uid -> runs in progress
         self._lock = threading.Lock()
 
@@ -91,9 +92,7 @@ class Reconciler:
         uid = str(meta.get("uid") or f"{meta['namespace']}/{meta['name']}")
         status = ModelPipelineStatus.model_validate(body.get("status") or {})
         effects = Effects()
-        pipeline, problem = self._parse(body)
-        if pipeline is not None and problem is None:
-            problem = self._operator_problems(pipeline)
+        pipeline, problem = self._checked(uid, body)
         limit = pipeline.spec.history_limit if pipeline else max(len(status.runs), 10)
 
         previous = {c.type: c for c in status.conditions}
@@ -133,8 +132,23 @@ class Reconciler:
             self._active.pop(uid, None)
             self._polled.pop(uid, None)
             self._blocked.pop(uid, None)
+            self._parsed.pop(uid, None)
 
     # -- parsing and what only the operator can check -----------------------------------
+
+    def _checked(
+        self, uid: str, body: Mapping[str, Any]
+    ) -> tuple[ModelPipeline | None, str | None]:
+        """Parsed once per generation; what the operator checks (secrets) again every 30 s."""
+        generation = body["metadata"].get("generation")
+        cached = self._parsed.get(uid)
+        if cached is not None and cached[0] == generation and cached[3] > time.monotonic():
+            return cached[1], cached[2]
+        pipeline, problem = self._parse(body)
+        if pipeline is not None and problem is None:
+            problem = self._operator_problems(pipeline)
+        self._parsed[uid] = (generation, pipeline, problem, time.monotonic() + 30.0)
+        return pipeline, problem
 
     @staticmethod
     def _resource(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -331,6 +345,7 @@ class Reconciler:
                 self._blocked[uid] = blocked
             else:
                 self._blocked.pop(uid, None)
+            self._parsed.pop(uid, None)
         elif spec.triggers.new_data:
             blocked = self._blocked.get(uid)  # between polls, the last answer stands
         if version is not None and version != status.dataset_version:

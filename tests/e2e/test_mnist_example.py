@@ -5,12 +5,11 @@ from __future__ import annotations
 import hashlib
 import pathlib
 
-import httpx
 import numpy as np
 import onnxruntime as ort
 import pytest
 
-from helpers import mlcd
+from helpers import mlcd, v2_infer
 from mlcd.serving.local import LocalServing
 from mnist_trainer.dataset import write as write_digits
 
@@ -52,22 +51,8 @@ def test_the_example_trains_gates_exports_and_serves(tmp_path, monkeypatch):
         with np.load(data) as arrays:
             x = arrays["x"][:32].astype(np.float32)
         expected = ort.InferenceSession(str(model)).run(None, {"input": x})[0]
-        body = {
-            "inputs": [
-                {
-                    "name": "input",
-                    "shape": list(x.shape),
-                    "datatype": "FP32",
-                    "data": x.ravel().tolist(),
-                }
-            ]
-        }
-        served = httpx.post(
-            f"{out['serving']['url']}/v2/models/mnist/infer", json=body, timeout=30
-        ).json()["outputs"][0]
-        np.testing.assert_allclose(
-            np.array(served["data"]).reshape(served["shape"]), expected, rtol=1e-5, atol=1e-5
-        )
+        served = v2_infer(out["serving"]["url"], "mnist", x)
+        np.testing.assert_allclose(served, expected, rtol=1e-5, atol=1e-5)
 
         second = mlcd(
             "run",
@@ -84,9 +69,6 @@ def test_the_example_trains_gates_exports_and_serves(tmp_path, monkeypatch):
         assert second.json["result"] == "rejected"
         assert "min 0.999" in second.json["reason"]
         assert second.json["serving"]["version"] == out["model"]["version"]
-        again = httpx.post(
-            f"{out['serving']['url']}/v2/models/mnist/infer", json=body, timeout=30
-        ).json()["outputs"][0]
-        assert again["data"] == served["data"]
+        np.testing.assert_array_equal(v2_infer(out["serving"]["url"], "mnist", x), served)
     finally:
         LocalServing(home).stop("mnist")

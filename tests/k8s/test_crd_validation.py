@@ -1,6 +1,6 @@
 """Invalid specs on the real API server: which layer refuses each, and that it names the field.
 
-The cases of tests/unit/test_spec_checks.py (what the operator's parser refuses) are classified
+The cases of tests/spec_cases.py (what the operator's parser refuses) are classified
 here, one by one: refused by the API server's schema, by a CEL rule, by a list type, by the
 request itself, or left to the operator, which reports them in a condition. Cases only the
 API server meets (bounds, rules between list items) follow, each also refused by the parser.
@@ -19,8 +19,8 @@ from kubernetes.client.exceptions import ApiException
 
 from mlcd.domain.checks import parse_pipeline
 from mlcd.errors import SpecError
+from spec_cases import CASES, DELETE, with_change
 from testenv.cluster import Cluster
-from unit.test_spec_checks import CASES, DELETE, _with
 
 SCHEMA, CEL, LIST_TYPE, REQUEST, OPERATOR = "schema", "CEL", "list type", "request", "operator"
 
@@ -271,7 +271,7 @@ _counter = iter(range(10_000))  # one name per object in the module's namespace
 
 
 def _named_body(path: str, value: object) -> dict[str, Any]:
-    body = _with(path, value)
+    body = with_change(path, value)
     if path != "metadata.name":
         body["metadata"]["name"] = f"case-{next(_counter)}"
     return body
@@ -333,7 +333,7 @@ def test_the_api_server_names_the_field(
     assert by in _layers(error, field), _message(error)
     # The operator's parser refuses it too, at the same field.
     with pytest.raises(SpecError) as caught:
-        parse_pipeline(_with(path, value))
+        parse_pipeline(with_change(path, value))
     paths = [p.path for p in caught.value.problems]
     assert any(_same_field(field, p) for p in paths), paths
 
@@ -351,7 +351,7 @@ def test_valid_variations_are_accepted_by_both(
 def test_kubectl_apply_refuses_an_unknown_field_and_validate_false_prunes_it(
     apiserver: Cluster, crd_namespace: str
 ) -> None:
-    body = _with("spec.trainer.wrokers", 2)
+    body = with_change("spec.trainer.wrokers", 2)
     body["metadata"]["name"] = "typo"
     manifest = yaml.safe_dump(body)
     refused = apiserver.kubectl(
@@ -369,7 +369,7 @@ def test_kubectl_apply_refuses_an_unknown_field_and_validate_false_prunes_it(
 def test_kubectl_apply_shows_every_problem_with_its_field(
     apiserver: Cluster, crd_namespace: str
 ) -> None:
-    body = _with("spec.tuning.parameters.0.max", 0.0001)
+    body = with_change("spec.tuning.parameters.0.max", 0.0001)
     body["spec"]["gate"]["metric"] = "acc"
     body["spec"]["serving"]["rollout"] = {"steps": [50, 10]}
     body["metadata"]["name"] = "three-problems"

@@ -18,7 +18,7 @@ import onnxruntime as ort
 import psutil
 import pytest
 
-from helpers import mlcd, softmax_pipeline, write_spec
+from helpers import mlcd, softmax_pipeline, v2_infer, write_spec
 from mnist_trainer.dataset import write as write_digits
 
 
@@ -29,21 +29,7 @@ def _sha256(path: pathlib.Path) -> str:
 def _served_predictions(url: str, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     v1 = httpx.post(f"{url}/v1/models/digits:predict", json={"instances": x.tolist()}, timeout=30)
     v1.raise_for_status()
-    body = {
-        "inputs": [
-            {
-                "name": "input",
-                "shape": list(x.shape),
-                "datatype": "FP32",
-                "data": x.ravel().tolist(),
-            }
-        ]
-    }
-    v2 = httpx.post(f"{url}/v2/models/digits/infer", json=body, timeout=30)
-    v2.raise_for_status()
-    out = v2.json()["outputs"][0]
-    assert out["name"] == "logits" and out["datatype"] == "FP32"
-    return np.array(v1.json()["predictions"]), np.array(out["data"]).reshape(out["shape"])
+    return np.array(v1.json()["predictions"]), v2_infer(url, "digits", x)
 
 
 def _status(home: pathlib.Path) -> dict:

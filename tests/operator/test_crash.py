@@ -29,6 +29,13 @@ def _seen(state: pathlib.Path, namespace: str, kind: str, stage: str | None = No
     )
 
 
+def _create_slow_pipeline(pipelines, digits_file) -> None:
+    """A pipeline whose stages take seconds, so each kill point can be hit."""
+    resource = softmax_pipeline(str(digits_file), triggers={"newData": True})
+    resource["spec"]["trainer"]["args"].append("--sleep=0.15")
+    pipelines.create(resource)
+
+
 KILL_POINTS = {
     "after-trigger": lambda p, s, ns: p.status("digits").get("activeRuns"),
     "during-tuning": lambda p, s, ns: _seen(s, ns, "trial-start"),
@@ -42,9 +49,7 @@ KILL_POINTS = {
 def test_kill_minus_nine_and_restart(point, start_operator, pipelines, digits_file, tmp_path):
     state = tmp_path / "state"
     operator = start_operator(state=state)
-    resource = softmax_pipeline(str(digits_file), triggers={"newData": True})
-    resource["spec"]["trainer"]["args"].append("--sleep=0.15")
-    pipelines.create(resource)
+    _create_slow_pipeline(pipelines, digits_file)
     wait_for(
         point,
         lambda: KILL_POINTS[point](pipelines, state, pipelines.namespace),
@@ -75,9 +80,7 @@ def test_a_run_lost_with_the_operator_is_retried_once_with_the_same_id(
 ):
     state = tmp_path / "state"
     operator = start_operator(state=state)
-    resource = softmax_pipeline(str(digits_file), triggers={"newData": True})
-    resource["spec"]["trainer"]["args"].append("--sleep=0.15")
-    pipelines.create(resource)
+    _create_slow_pipeline(pipelines, digits_file)
     wait_for(
         "training",
         lambda: _seen(state, pipelines.namespace, "train-start"),

@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import pathlib
 
-import httpx
 import numpy as np
 import pytest
 
-from helpers import mlcd
+from helpers import mlcd, v2_infer
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -63,16 +62,4 @@ def test_kubectl_apply_the_example_then_wait_for_ready(start_operator, pipelines
     assert status["runs"][0]["params"]["optimizer"] in ("adam", "sgd")
     with np.load(data) as arrays:
         x = arrays["x"][:4].astype(np.float32)
-    body = {
-        "inputs": [
-            {
-                "name": "input",
-                "shape": list(x.shape),
-                "datatype": "FP32",
-                "data": x.ravel().tolist(),
-            }
-        ]
-    }
-    answer = httpx.post(f"{serving['url']}/v2/models/mnist/infer", json=body, timeout=30)
-    assert answer.status_code == 200
-    assert answer.json()["outputs"][0]["shape"] == [4, 10]
+    assert v2_infer(serving["url"], "mnist", x).shape == (4, 10)

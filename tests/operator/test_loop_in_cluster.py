@@ -6,7 +6,7 @@ import time
 
 import httpx
 
-from helpers import softmax_pipeline
+from helpers import metric_value, softmax_pipeline, wait_for
 
 
 def test_new_pipeline_trains_gates_and_serves(start_operator, pipelines, digits_file):
@@ -30,11 +30,27 @@ def test_new_pipeline_trains_gates_and_serves(start_operator, pipelines, digits_
     body = {"instances": [[[[0.0] * 28] * 28]]}
     answer = httpx.post(f"{serving['url']}/v1/models/digits:predict", json=body, timeout=10)
     assert answer.status_code == 200 and len(answer.json()["predictions"][0]) == 10
+    ours = {"namespace": pipelines.namespace, "pipeline": "digits"}
+
+    def counted() -> bool:
+        return (
+            metric_value(
+                operator.metrics(), "mlcd_runs_total", trigger="new-data", result="promoted", **ours
+            )
+            == 1.0
+        )
+
+    # The metrics follow the status write that the test has just seen.
+    wait_for("the run to be counted", counted, timeout=10)
     metrics = operator.metrics()
-    labels = f'namespace="{pipelines.namespace}",pipeline="digits"'
-    assert f'mlcd_runs_total{{{labels},trigger="new-data",result="promoted"}} 1.0' in metrics
-    assert f'mlcd_serving_model_metric{{{labels},metric="accuracy"}}' in metrics
-    assert f'mlcd_gate_verdicts_total{{{labels},verdict="passed"}} 1.0' in metrics
+    assert metric_value(metrics, "mlcd_gate_verdicts_total", verdict="passed", **ours) == 1.0
+    assert (
+        metric_value(metrics, "mlcd_serving_model_metric", metric="accuracy", **ours)
+        == (serving["metrics"]["accuracy"])
+    )
+    assert metric_value(metrics, "mlcd_serving_model_version", **ours) == 1.0
+    assert (metric_value(metrics, "mlcd_last_success_timestamp_seconds", **ours) or 0) > 0
+    assert metric_value(metrics, "mlcd_stage_duration_seconds_count", stage="train") == 1.0
 
     # Nothing changes, so nothing is written.
     version = pipelines.get("digits")["metadata"]["resourceVersion"]

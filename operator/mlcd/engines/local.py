@@ -20,18 +20,8 @@ from mlcd.domain.records import STAGES, RunRecord, Stage
 from mlcd.pipeline.context import Baseline, RunContext
 from mlcd.pipeline.events import EventLog
 from mlcd.pipeline.outcome import assemble
-from mlcd.pipeline.trainer import kill_group
 from mlcd.ports import RunRequest
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+from mlcd.processes import alive, kill_group
 
 
 class LocalEngine:
@@ -97,7 +87,7 @@ class LocalEngine:
             pid = int(json.loads((folder / "runner.json").read_text())["pid"])
         except (OSError, ValueError, KeyError):
             return False
-        return _alive(pid)
+        return alive(pid)
 
     def get(self, run_id: str, attempt: int = 1) -> RunRecord | None:
         folder = self.find(run_id, attempt)

@@ -9,7 +9,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 import kopf
 
@@ -26,12 +26,6 @@ Log = logging.Logger | logging.LoggerAdapter[Any]
 LOG = logging.getLogger("mlcd.operator")
 
 
-def post_event(body: dict[str, Any], notice: Notice) -> None:
-    kopf.event(
-        cast(kopf.Body, body), type=notice.type, reason=notice.reason, message=notice.message
-    )
-
-
 @dataclass
 class Memo:
     """What the handlers share: passed to kopf as its memo, no module globals."""
@@ -39,19 +33,20 @@ class Memo:
     reconciler: Reconciler
     kube: Kube
     metrics: OperatorMetrics
-    post: Callable[[dict[str, Any], Notice], None] = post_event
+    #: Posts an Event; by default through the API server (``Kube.post_event``).
+    post: Callable[[dict[str, Any], Notice], None] | None = None
     locks: defaultdict[str, threading.Lock] = field(
         default_factory=lambda: defaultdict(threading.Lock)
     )
     guard: threading.Lock = field(default_factory=threading.Lock)
+    #: The resourceVersion each object got from our last status write: its echo is not news.
+    written: dict[str, str] = field(default_factory=dict)
+    #: The status each object got from our last write.
+    statuses: dict[str, ModelPipelineStatus] = field(default_factory=dict)
 
     def lock(self, uid: str) -> threading.Lock:
         with self.guard:
             return self.locks[uid]
-
-
-def _dump(status: ModelPipelineStatus) -> dict[str, Any]:
-    return status.model_dump(by_alias=True, exclude_none=True, mode="json")
 
 
 def reconcile(body: dict[str, Any], memo: Memo, logger: Log) -> None:
@@ -60,6 +55,16 @@ def reconcile(body: dict[str, Any], memo: Memo, logger: Log) -> None:
     name, namespace = meta["name"], meta["namespace"]
     with memo.lock(str(meta.get("uid"))):
         started = time.monotonic()
+        uid = str(meta.get("uid"))
+        written = memo.statuses.get(uid)
+        if (
+            written is not None
+            and ModelPipelineStatus.model_validate(body.get("status") or {}) != written
+        ):
+            # Only this operator writes the status: a body without our last write is older
+            # than it (kopf has not seen it yet). Decide on the object as it is now.
+            body = memo.kube.get(namespace, name)
+        posted: set[tuple[str, str]] = set()  # a retry after a conflict repeats no Event
         for _ in range(CONFLICT_RETRIES):
             try:
                 plan = memo.reconciler.reconcile(body)
@@ -71,10 +76,14 @@ def reconcile(body: dict[str, Any], memo: Memo, logger: Log) -> None:
                 memo.metrics.errors.labels("temporary").inc()
                 raise kopf.TemporaryError(str(exc), delay=exc.delay) from exc
             current = ModelPipelineStatus.model_validate(body.get("status") or {})
-            if _dump(plan.status) == _dump(current):
+            if plan.status == current:
                 break
+            _post(body, plan, memo, posted)  # before the status that records the decisions
             try:
-                memo.kube.write_status(body, plan.status)
+                version = memo.kube.write_status(body, plan.status)
+                if version is not None:
+                    memo.written[uid] = version
+                    memo.statuses[uid] = plan.status
                 break
             except Conflict:
                 memo.metrics.errors.labels("conflict").inc()
@@ -83,6 +92,20 @@ def reconcile(body: dict[str, Any], memo: Memo, logger: Log) -> None:
             raise kopf.TemporaryError("the status kept changing under us", delay=1)
         memo.metrics.reconciles.observe(time.monotonic() - started)
         _report(body, plan, memo, logger)
+
+
+def _post(body: dict[str, Any], plan: Plan, memo: Memo, posted: set[tuple[str, str]]) -> None:
+    post = memo.post or memo.kube.post_event
+    for notice in plan.notices:
+        if (notice.reason, notice.message) in posted:
+            continue
+        posted.add((notice.reason, notice.message))
+        try:
+            post(body, notice)
+        except TemporaryError as exc:
+            LOG.warning(
+                "could not post %s for %s: %s", notice.reason, body["metadata"]["name"], exc
+            )
 
 
 def _report(body: dict[str, Any], plan: Plan, memo: Memo, logger: Log) -> None:
@@ -94,7 +117,6 @@ def _report(body: dict[str, Any], plan: Plan, memo: Memo, logger: Log) -> None:
         memo.metrics.finished(namespace, name, record)
     memo.metrics.observe(namespace, name, plan.status)
     for notice in plan.notices:
-        memo.post(body, notice)
         level = logging.WARNING if notice.type == "Warning" else logging.INFO
         LOG.log(level, "%s/%s %s: %s", namespace, name, notice.reason, notice.message)
 
@@ -106,21 +128,34 @@ def register(registry: kopf.OperatorRegistry, tick: float) -> None:
     @kopf.on.event(*resource, id="reconcile-on-change", registry=registry)
     def on_event(body: kopf.Body, type: str | None, memo: Any, logger: Log, **_: Any) -> None:
         # Every change (created, spec edited, annotated, status written) gets a look at once.
-        if type == "DELETED" or body.get("metadata", {}).get("deletionTimestamp"):
+        if type == "DELETED":
+            memo.written.pop(str(body.get("metadata", {}).get("uid")), None)
+            memo.statuses.pop(str(body.get("metadata", {}).get("uid")), None)
+            return
+        meta = body.get("metadata", {})
+        if memo.written.get(str(meta.get("uid"))) == meta.get("resourceVersion"):
+            return  # the echo of our own status write
+        if body.get("metadata", {}).get("deletionTimestamp"):
+            # Watching handlers run before kopf releases its finalizer: stop what runs first.
+            cleanup(dict(body), memo)
             return
         reconcile(dict(body), memo, logger)
 
     @kopf.timer(*resource, id="reconcile-on-tick", interval=tick, registry=registry)
     def on_tick(body: kopf.Body, memo: Any, logger: Log, **_: Any) -> None:
+        if body.get("metadata", {}).get("deletionTimestamp"):
+            return
         reconcile(dict(body), memo, logger)
 
-    @kopf.on.delete(*resource, id="stop-runs-and-serving", registry=registry)
-    def on_delete(body: kopf.Body, memo: Any, logger: Log, **_: Any) -> None:
-        meta = body["metadata"]
-        memo.reconciler.cleanup(dict(body))
-        memo.metrics.forget(meta["namespace"], meta["name"])
-        logger.info(
-            "stopped the runs and the serving of %s/%s; artifacts are kept",
-            meta["namespace"],
-            meta["name"],
-        )
+
+def cleanup(body: dict[str, Any], memo: Memo) -> None:
+    """The pipeline is being deleted: its runs and its serving stop; artifacts stay."""
+    meta = body["metadata"]
+    with memo.lock(str(meta.get("uid"))):
+        memo.reconciler.cleanup(body)
+    memo.metrics.forget(meta["namespace"], meta["name"])
+    LOG.info(
+        "%s/%s deleted: its runs and serving are stopped, its artifacts kept",
+        meta["namespace"],
+        meta["name"],
+    )

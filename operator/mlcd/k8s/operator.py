@@ -13,7 +13,7 @@ import kopf
 
 from mlcd.engines.local import LocalEngine
 from mlcd.k8s.handlers import Memo, register
-from mlcd.k8s.kube import Kube, api_client
+from mlcd.k8s.kube import Kube, login
 from mlcd.metrics.operator import OperatorMetrics
 from mlcd.ports import PipelineBackend
 from mlcd.reconcile import Reconciler, ReconcilerSettings
@@ -36,7 +36,7 @@ def file_clock(path: pathlib.Path) -> Callable[[], dt.datetime]:
 def build_memo(
     settings: OperatorSettings, engines: Mapping[str, PipelineBackend] | None = None
 ) -> Memo:
-    kube = Kube(api_client(settings.kubeconfig))
+    kube = Kube.connect(settings.kubeconfig, connections=settings.workers + 4)
     state = settings.state_dir
     state.mkdir(parents=True, exist_ok=True)
     reconciler = Reconciler(
@@ -66,25 +66,22 @@ def run(
         os.environ["KUBECONFIG"] = config.kubeconfig  # kopf logs in the way kubectl does
     # Each handler's success is not news; decisions are logged by mlcd.operator.
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     memo = build_memo(config, engines)
     registry = kopf.OperatorRegistry()
     register(registry, config.tick)
     workers = config.workers
 
     @kopf.on.login(registry=registry)
-    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-        # The same credentials kubectl would use: the kubeconfig, else the pod's account.
-        return kopf.login_via_client(**kwargs)
+    def on_login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        return login(**kwargs)
 
     @kopf.on.startup(registry=registry)
     def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         settings.persistence.finalizer = FINALIZER
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="mlcd.io")
-        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-            prefix="mlcd.io", key="last-handled-configuration"
-        )
         settings.persistence.consistency_timeout = 5.0
-        # Our own Events carry the decisions; kopf posts only its errors.
+        # mlcd posts the Events of its decisions itself; kopf posts only its errors.
         settings.posting.level = logging.ERROR
         settings.posting.reporting_component = "mlcd"
         settings.execution.max_workers = workers

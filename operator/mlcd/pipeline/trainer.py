@@ -24,6 +24,7 @@ from types import FrameType
 from mlcd.domain import metrics_text
 from mlcd.domain.spec import Trainer
 from mlcd.errors import StageFailed
+from mlcd.processes import free_port, kill_group
 
 TAIL_LINES = 20
 
@@ -91,32 +92,10 @@ class ProcessGroups:
             signal.signal(signal.SIGTERM, previous)
 
 
-def kill_group(pgid: int, grace: float = 5.0) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(pgid, 0)
-        except (ProcessLookupError, PermissionError):
-            return
-        time.sleep(0.1)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGKILL)
-
-
 def _tool_path() -> str:
     # The trainer runs with this interpreter's environment first on PATH, as if activated.
     here = str(pathlib.Path(sys.executable).parent)
     return os.pathsep.join([here, os.environ.get("PATH", "")])
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def command_line(trainer: Trainer, args: list[str], workers: int) -> list[str]:
@@ -131,7 +110,7 @@ def command_line(trainer: Trainer, args: list[str], workers: int) -> list[str]:
         "--nnodes=1",
         f"--nproc-per-node={workers}",
         "--master-addr=127.0.0.1",
-        f"--master-port={_free_port()}",
+        f"--master-port={free_port()}",
         "--no-python",
         *base,
     ]
@@ -166,7 +145,7 @@ def run_trainer(
             LOCAL_RANK="0",
             WORLD_SIZE="1",
             MASTER_ADDR="127.0.0.1",
-            MASTER_PORT=str(_free_port()),
+            MASTER_PORT=str(free_port()),
         )
     metrics_file = env.get("MLCD_METRICS_FILE")
     log_path.parent.mkdir(parents=True, exist_ok=True)

@@ -7,8 +7,6 @@ import contextlib
 import json
 import os
 import pathlib
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +18,7 @@ import httpx
 from mlcd.artifacts.hashing import sha256_file
 from mlcd.domain.records import ModelRef
 from mlcd.errors import PermanentError, StageFailed
+from mlcd.processes import alive, free_port, kill_group
 
 
 @dataclass(frozen=True)
@@ -27,12 +26,6 @@ class ServerInfo:
     pid: int
     port: int
     url: str
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 def _write_json(path: pathlib.Path, data: dict[str, Any]) -> None:
@@ -47,16 +40,6 @@ def _read_json(path: pathlib.Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return data
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _tail(path: pathlib.Path, lines: int = 15) -> str:
@@ -86,7 +69,7 @@ class LocalServing:
     def running(self, key: str) -> ServerInfo | None:
         """The live server of ``key`` (a model name, or any name a caller serves it under)."""
         info = _read_json(self._dir(key) / "server.json")
-        if not info or not _alive(int(info["pid"])):
+        if not info or not alive(int(info["pid"])):
             return None
         try:
             response = httpx.get(f"{info['url']}/v2/health/live", timeout=2.0)
@@ -191,25 +174,14 @@ class LocalServing:
                     )
                     return info
             time.sleep(0.3)
-        self._kill(process.pid)
+        kill_group(process.pid, grace=10.0)
         raise StageFailed(f"model server not ready after {self.ready_timeout:.0f}s:\n{_tail(log)}")
-
-    def _kill(self, pid: int, grace: float = 10.0) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline and _alive(pid):
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, os.WNOHANG)
-            time.sleep(0.1)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGKILL)
 
     def stop(self, key: str) -> None:
         folder = self._dir(key)
         info = _read_json(folder / "server.json")
-        if info and _alive(int(info["pid"])):
-            self._kill(int(info["pid"]))
+        if info and alive(int(info["pid"])):
+            kill_group(int(info["pid"]), grace=10.0)
         for name in ("server.json", "served.json"):
             with contextlib.suppress(FileNotFoundError):
                 (folder / name).unlink()
