@@ -169,6 +169,7 @@ def bare_loop(data: pathlib.Path, trials: list[dict], sets: list[str], work: pat
             )
         running[0].wait()
         running = [p for p in running if p.poll() is None]
+    phases = {"tune": time.monotonic() - started}
     best = max((t for t in trials if t["value"] is not None), key=lambda t: t["value"])
     model_dir = work / "model"
     workers = spec.trainer.workers
@@ -209,7 +210,11 @@ def bare_loop(data: pathlib.Path, trials: list[dict], sets: list[str], work: pat
     session = ort.InferenceSession(str(model_dir / "model.onnx"))
     outputs = session.run(None, {"input": x[holdout].astype(np.float32)})[0]
     accuracy = float((outputs.argmax(1) == y[holdout]).mean())
-    print(f"  bare script holdout accuracy {accuracy:.4f}")
+    phases["evaluate"] = time.monotonic() - started - sum(phases.values())
+    print(
+        f"  bare script holdout accuracy {accuracy:.4f}; "
+        + "  ".join(f"{k} {v:.1f}s" for k, v in phases.items())
+    )
     return time.monotonic() - started
 
 

@@ -189,8 +189,7 @@ def cmd_run(args: argparse.Namespace, out: Console, err: Console) -> int:
         assert log is not None
 
         def finished() -> bool:
-            record = loop.engine.get(run_id)
-            return record is None or record.result != "running" or record.stage == "serve"
+            return loop.engine.done(run_id)
 
         interrupted = False
         view = RunView(err, pipeline) if args.output == "text" else None

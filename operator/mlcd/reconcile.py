@@ -504,7 +504,9 @@ class Reconciler:
         meta = body["metadata"]
         status = ModelPipelineStatus.model_validate(body.get("status") or {})
         for run in status.active_runs:
-            self._engine(run).cancel(run.id, run.attempt)
+            # Every attempt: a retry may have started after the status was last written.
+            for attempt in range(1, lifecycle.MAX_ATTEMPTS + 1):
+                self._engine(run).cancel(run.id, attempt)
         self.serving.stop(f"{meta['namespace']}.{meta['name']}")
         folder = self.settings.state_dir / "secrets" / meta["namespace"]
         for run_folder in folder.glob(f"{meta['name']}-*"):

@@ -162,9 +162,15 @@ def start_operator(
     for process in started:
         process.stop()
     failed = getattr(request.node, "rep_call", None)
-    for process in started:
-        from mlcd.serving.local import LocalServing
+    from mlcd.engines.local import LocalEngine
+    from mlcd.serving.local import LocalServing
 
+    for process in started:
+        # Runs outlive their operator by design; a test's do not outlive the test.
+        engine = LocalEngine(process.state)
+        for run_dir in engine.root.glob("*/*"):
+            name, _, attempt = run_dir.name.partition(".attempt-")
+            engine.cancel(name, int(attempt or 1), grace=5.0)
         serving = LocalServing(process.state)
         for key in serving.models():
             serving.stop(key)

@@ -89,6 +89,11 @@ class LocalEngine:
             return False
         return alive(pid)
 
+    def done(self, run_id: str, attempt: int = 1) -> bool:
+        """Cheap enough to ask many times a second: has the run's process ended?"""
+        folder = self.find(run_id, attempt)
+        return folder is None or (folder / "result.json").is_file() or not self._running(folder)
+
     def get(self, run_id: str, attempt: int = 1) -> RunRecord | None:
         folder = self.find(run_id, attempt)
         if folder is None:

@@ -141,6 +141,9 @@ class LocalServing:
 
     def _start(self, model: str, folder: pathlib.Path) -> ServerInfo:
         old = _read_json(folder / "server.json") or {}
+        if old.get("pid") and alive(int(old["pid"])):
+            # Recorded but not answering: a start cut short by a crash, or a hung server.
+            kill_group(int(old["pid"]), grace=10.0)
         port = self.port or int(old.get("port") or 0) or free_port(self.host)
         url = f"http://{self.host}:{port}"
         log = folder / "server.log"
@@ -161,6 +164,8 @@ class LocalServing:
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
+        # Recorded at once, so a crash while it starts leaves no server nobody knows of.
+        _write_json(folder / "server.json", {"pid": process.pid, "port": port, "url": url})
         deadline = time.monotonic() + self.ready_timeout
         while time.monotonic() < deadline:
             if process.poll() is not None:
@@ -168,11 +173,7 @@ class LocalServing:
             with contextlib.suppress(httpx.HTTPError):
                 ready = httpx.get(f"{url}/v2/models/{model}/ready", timeout=1.0)
                 if ready.status_code == 200:
-                    info = ServerInfo(process.pid, port, url)
-                    _write_json(
-                        folder / "server.json", {"pid": process.pid, "port": port, "url": url}
-                    )
-                    return info
+                    return ServerInfo(process.pid, port, url)
             time.sleep(0.3)
         kill_group(process.pid, grace=10.0)
         raise StageFailed(f"model server not ready after {self.ready_timeout:.0f}s:\n{_tail(log)}")
