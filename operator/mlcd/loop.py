@@ -118,6 +118,7 @@ class LocalLoop:
             baseline=self.baseline(pipeline, state),
         )
         self.engine.submit(request)
+        self.serving.prepare(pipeline.spec.serving.name)  # starts while the run trains
         record = RunRecord(id=run, trigger=trigger, started_at=now().isoformat(timespec="seconds"))
         state.with_run(record, pipeline.spec.history_limit).save(self.folder(pipeline))
         return run
@@ -129,6 +130,8 @@ class LocalLoop:
             record, serving = self._serve(pipeline, record)
             if serving is not None:
                 state = state.model_copy(update={"serving": serving})
+        if record.result != "promoted":
+            self.serving.abandon(pipeline.spec.serving.name)
         if record.finished_at is None or record.result != "running":
             record = record.model_copy(update={"finished_at": now().isoformat(timespec="seconds")})
         state = state.with_run(record, pipeline.spec.history_limit)

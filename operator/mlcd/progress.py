@@ -109,7 +109,7 @@ def follow(
     log: EventLog,
     done: Callable[[], bool],
     on_event: Callable[[dict[str, Any]], None],
-    interval: float = 0.2,
+    interval: float = 0.1,
 ) -> None:
     """Feeds every event to ``on_event`` until ``done()``; the last events are not missed."""
     offset = 0

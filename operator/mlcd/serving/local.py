@@ -60,6 +60,7 @@ class LocalServing:
         ready_timeout: float = 90.0,
     ) -> None:
         self.home, self.port, self.host, self.ready_timeout = home, port, host, ready_timeout
+        self._children: dict[int, subprocess.Popen[bytes]] = {}
 
     def _dir(self, key: str) -> pathlib.Path:
         path = self.home / "serving" / key
@@ -139,14 +140,24 @@ class LocalServing:
         if response.status_code != 200:
             raise StageFailed(f"model server refused the new version: {response.text[:500]}")
 
-    def _start(self, model: str, folder: pathlib.Path) -> ServerInfo:
+    def prepare(self, model: str, key: str | None = None) -> None:
+        """Starts a model server ahead of need: it loads its libraries while a run trains and
+        waits for a model; :meth:`serve` then only loads the model. Nothing if one runs."""
+        folder = self._dir(key or model)
         old = _read_json(folder / "server.json") or {}
         if old.get("pid") and alive(int(old["pid"])):
-            # Recorded but not answering: a start cut short by a crash, or a hung server.
-            kill_group(int(old["pid"]), grace=10.0)
+            return
+        self._spawn(model, folder, old)
+
+    def abandon(self, key: str) -> None:
+        """Stops a server :meth:`prepare` started that never got a model to serve."""
+        folder = self._dir(key)
+        if not (folder / "served.json").exists():
+            self.stop(key)
+
+    def _spawn(self, model: str, folder: pathlib.Path, old: dict[str, Any]) -> tuple[int, str]:
         port = self.port or int(old.get("port") or 0) or free_port(self.host)
         url = f"http://{self.host}:{port}"
-        log = folder / "server.log"
         env = {
             **os.environ,
             "MLCD_SERVING_MODEL": model,
@@ -155,7 +166,7 @@ class LocalServing:
             "MLCD_SERVING_HOST": self.host,
             "OMP_NUM_THREADS": "1",
         }
-        with log.open("ab") as out:
+        with (folder / "server.log").open("ab") as out:
             process = subprocess.Popen(
                 [sys.executable, "-m", "mlcd.serving.modelserver"],
                 env=env,
@@ -165,25 +176,50 @@ class LocalServing:
                 start_new_session=True,
             )
         # Recorded at once, so a crash while it starts leaves no server nobody knows of.
-        _write_json(folder / "server.json", {"pid": process.pid, "port": port, "url": url})
+        _write_json(
+            folder / "server.json", {"pid": process.pid, "port": port, "url": url, "model": model}
+        )
+        self._children[process.pid] = process
+        return process.pid, url
+
+    def _start(self, model: str, folder: pathlib.Path) -> ServerInfo:
+        old = _read_json(folder / "server.json") or {}
+        pid = int(old.get("pid") or 0)
+        if (
+            pid
+            and alive(pid)
+            and old.get("model") == model
+            and not (folder / "served.json").exists()
+        ):
+            url = str(old["url"])  # prepared earlier: it is waiting for the pointer
+        else:
+            if pid and alive(pid):
+                # Recorded but not answering: a start cut short by a crash, or a hung server.
+                kill_group(pid, grace=10.0)
+            pid, url = self._spawn(model, folder, old)
+        port = int(url.rsplit(":", 1)[1])
         deadline = time.monotonic() + self.ready_timeout
         while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise StageFailed(f"model server exited with {process.returncode}:\n{_tail(log)}")
+            child = self._children.get(pid)
+            if (child is not None and child.poll() is not None) or not alive(pid):
+                raise StageFailed(f"model server exited:\n{_tail(folder / 'server.log')}")
             with contextlib.suppress(httpx.HTTPError):
                 ready = httpx.get(f"{url}/v2/models/{model}/ready", timeout=1.0)
                 if ready.status_code == 200:
-                    return ServerInfo(process.pid, port, url)
-            time.sleep(0.3)
-        kill_group(process.pid, grace=10.0)
-        raise StageFailed(f"model server not ready after {self.ready_timeout:.0f}s:\n{_tail(log)}")
+                    return ServerInfo(pid, port, url)
+            time.sleep(0.2)
+        kill_group(pid, grace=10.0)
+        raise StageFailed(
+            f"model server not ready after {self.ready_timeout:.0f}s:\n"
+            f"{_tail(folder / 'server.log')}"
+        )
 
     def stop(self, key: str) -> None:
         folder = self._dir(key)
         info = _read_json(folder / "server.json")
         if info and alive(int(info["pid"])):
             kill_group(int(info["pid"]), grace=10.0)
-        for name in ("server.json", "served.json"):
+        for name in ("server.json", "served.json", "pointer.json"):
             with contextlib.suppress(FileNotFoundError):
                 (folder / name).unlink()
 

@@ -18,6 +18,7 @@ import logging
 import os
 import pathlib
 import sys
+import time
 import uuid
 from typing import Any
 
@@ -157,6 +158,11 @@ def main() -> int:
     port = int(os.environ.get("MLCD_SERVING_PORT", "8080"))
     _bind_loopback(os.environ.get("MLCD_SERVING_HOST", "127.0.0.1"))
     import kserve
+    import onnxruntime  # noqa: F401 - loaded now, while there may be nothing to serve yet
+
+    # Started ahead of need, the server waits here for the model it will serve.
+    while not pointer.exists():
+        time.sleep(0.1)
 
     repository = build(name, pointer)
     server = kserve.ModelServer(
