@@ -97,9 +97,9 @@ class Reconciler:
 
         previous = {c.type: c for c in status.conditions}
         status = self._observe_runs(body, pipeline, status, now, limit, effects)
-        blocked = None
+        blocked = waiting = None
         if pipeline is not None and problem is None and not meta.get("deletionTimestamp"):
-            status, blocked = self._triggers(body, pipeline, status, now, limit, effects)
+            status, blocked, waiting = self._triggers(body, pipeline, status, now, limit, effects)
         with self._lock:
             self._active[uid] = len(status.active_runs)
         spec = pipeline.spec if pipeline else None
@@ -108,7 +108,7 @@ class Reconciler:
                 "phase": lifecycle.phase(status, spec, problem),
                 "observed_generation": meta.get("generation"),
                 "conditions": lifecycle.conditions(
-                    status, problem, meta.get("generation"), now, blocked
+                    status, problem, meta.get("generation"), now, blocked, waiting
                 ),
                 "next_schedule_time": self._next(spec, now),
                 "last_metric": lifecycle.last_metric(status, spec.gate.metric) if spec else None,
@@ -120,6 +120,9 @@ class Reconciler:
             effects.notices.append(Notice("Warning", "InvalidSpec", problem))
         if blocked and (degraded is None or degraded.message != blocked):
             effects.notices.append(Notice("Warning", "DatasetUnavailable", blocked))
+        training = previous.get("Training")
+        if waiting and (training is None or training.message != waiting):
+            effects.notices.append(Notice("Normal", "WaitingForCapacity", waiting))
         return Plan(
             status=status,
             notices=effects.notices,
@@ -325,12 +328,13 @@ class Reconciler:
         now: dt.datetime,
         limit: int,
         effects: Effects,
-    ) -> tuple[ModelPipelineStatus, str | None]:
-        """Starts what is due; also returns why new data could not be checked, if so."""
+    ) -> tuple[ModelPipelineStatus, str | None, str | None]:
+        """Starts what is due; also says why new data could not be checked and which run
+        waits for capacity, if so."""
         spec = pipeline.spec
         meta = body["metadata"]
         uid = str(meta.get("uid") or f"{pipeline.namespace}/{pipeline.name}")
-        blocked = None
+        blocked = waiting = None
         wanted: list[tuple[lifecycle.TriggerKind, str, dict[str, Any]]] = []
         annotation = (meta.get("annotations") or {}).get(TRIGGER_ANNOTATION)
         if annotation and annotation != status.handled_trigger:
@@ -380,13 +384,9 @@ class Reconciler:
             if outcome in ("start", "replace") and self._slots(uid) <= (
                 0 if outcome == "start" else -len(status.active_runs)
             ):
-                effects.notices.append(
-                    Notice(
-                        "Normal",
-                        "WaitingForCapacity",
-                        f"{kind} run {run_id} waits: the operator runs "
-                        f"{self.settings.max_active_runs} at most",
-                    )
+                waiting = (
+                    f"{kind} run {run_id} waits: this operator runs "
+                    f"{self.settings.max_active_runs} runs at most"
                 )
                 continue
             if outcome == "skip":
@@ -428,7 +428,7 @@ class Reconciler:
             )
             with self._lock:
                 self._active[uid] = len(status.active_runs)
-        return status, blocked
+        return status, blocked, waiting
 
     def _poll_due(self, uid: str, spec: Any) -> bool:
         interval = duration_seconds(spec.triggers.poll_interval)

@@ -159,3 +159,39 @@ def test_a_new_object_version_starts_exactly_one_run(start_operator, pipelines, 
     # Secrets are referenced, never copied into the status or the events.
     text = str(pipelines.get("digits")) + " ".join(e.message for e in pipelines.events("digits"))
     assert minio.secret_key not in text and minio.access_key not in text
+
+
+def test_runs_beyond_the_operator_wide_limit_wait_their_turn(
+    start_operator, pipelines, digits_file, mlcd_cluster
+):
+    start_operator("--max-active-runs=1")
+    names = ("digits", "digits-b")
+    for name in names:
+        resource = softmax_pipeline(str(digits_file))
+        resource["metadata"]["name"] = name
+        pipelines.create(resource)
+    kube = ["--kubeconfig", str(mlcd_cluster.kubeconfig), "-n", pipelines.namespace]
+    for name in names:
+        assert mlcd("trigger", name, *kube).code == 0
+
+    waited: list[dict] = []
+
+    def both_done() -> bool:
+        statuses = [pipelines.status(name) for name in names]
+        assert sum(len(s.get("activeRuns", [])) for s in statuses) <= 1
+        for s in statuses:
+            waited.extend(
+                c
+                for c in s.get("conditions", [])
+                if c["type"] == "Training" and c["reason"] == "WaitingForCapacity"
+            )
+        return all(len(s.get("runs", [])) == 1 and not s.get("activeRuns") for s in statuses)
+
+    wait_for("both pipelines' runs, one after the other", both_done, timeout=240, interval=0.5)
+    assert waited and "runs 1 runs at most" in waited[0]["message"]
+    assert any(r == "WaitingForCapacity" for n in names for r in pipelines.reasons(n))
+    for name in names:
+        [run] = pipelines.status(name)["runs"]
+        assert (run["trigger"], run["result"]) == ("manual", "promoted")
+        training = next(c for c in pipelines.status(name)["conditions"] if c["type"] == "Training")
+        assert training["reason"] == "Idle"

@@ -233,3 +233,17 @@ def test_conditions_keep_their_transition_time_until_they_change():
     spec_valid = next(c for c in invalid if c.type == "SpecValid")
     assert spec_valid.status == "False" and spec_valid.message == "spec.gate.metric: bad"
     assert spec_valid.last_transition_time != ready.last_transition_time
+
+
+def test_waiting_and_blocked_show_in_the_conditions():
+    status = ModelPipelineStatus()
+    waiting = lifecycle.conditions(status, None, 1, NOW, waiting="manual run m-1 waits")
+    training = next(c for c in waiting if c.type == "Training")
+    assert (training.status, training.reason) == ("False", "WaitingForCapacity")
+    blocked = lifecycle.conditions(status, None, 1, NOW, blocked="spec.dataset.uri: gone")
+    degraded = next(c for c in blocked if c.type == "Degraded")
+    assert (degraded.status, degraded.reason, degraded.message) == (
+        "True",
+        "DatasetUnavailable",
+        "spec.dataset.uri: gone",
+    )

@@ -263,9 +263,11 @@ def conditions(
     generation: int | None,
     now: dt.datetime,
     blocked: str | None = None,
+    waiting: str | None = None,
 ) -> list[Condition]:
     """Ready, Training, Gated, Degraded and SpecValid, from the status and what keeps new
-    runs from starting (``blocked``: the dataset cannot be checked)."""
+    runs from starting (``blocked``: the dataset cannot be checked; ``waiting``: a run waits
+    for the operator's capacity)."""
     last = status.runs[-1] if status.runs else None
     gated = next((r for r in reversed(status.runs) if r.gate is not None), None)
     wanted: list[tuple[ConditionType, ConditionStatus, str, str]] = []
@@ -285,7 +287,10 @@ def conditions(
         run = status.active_runs[-1]
         wanted.append(("Training", "True", "RunActive", f"run {run.id} at stage {run.stage}"))
     else:
-        wanted.append(("Training", "False", "Idle", "no run in progress"))
+        if waiting:
+            wanted.append(("Training", "False", "WaitingForCapacity", waiting))
+        else:
+            wanted.append(("Training", "False", "Idle", "no run in progress"))
     if gated is not None and gated.gate is not None:
         wanted.append(
             (
