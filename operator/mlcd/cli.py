@@ -196,8 +196,15 @@ def cmd_run(args: argparse.Namespace, out: Console, err: Console) -> int:
         if view is not None:
             err.print(f"run [bold]{run_id}[/] of {pipeline.namespace}/{pipeline.name}")
         with view if view is not None else contextlib.nullcontext():
+
+            def on_event(event: dict[str, Any]) -> None:
+                if event.get("kind") == "stage-start" and event.get("stage") == "evaluate":
+                    loop.prepare_serving(pipeline)
+                if view is not None:
+                    view.apply(event)
+
             try:
-                follow(log, finished, view.apply if view is not None else lambda event: None)
+                follow(log, finished, on_event)
             except KeyboardInterrupt:
                 interrupted = True
                 err.print("[yellow]interrupted: stopping the run and its processes[/]")

@@ -118,10 +118,15 @@ class LocalLoop:
             baseline=self.baseline(pipeline, state),
         )
         self.engine.submit(request)
-        self.serving.prepare(pipeline.spec.serving.name)  # starts while the run trains
         record = RunRecord(id=run, trigger=trigger, started_at=now().isoformat(timespec="seconds"))
         state.with_run(record, pipeline.spec.history_limit).save(self.folder(pipeline))
         return run
+
+    def prepare_serving(self, pipeline: ModelPipeline) -> None:
+        """Starts the model server ahead of need, so that it has loaded its libraries by the
+        time a model passes the gate. Called when evaluation starts: tuning and training keep
+        every core busy, evaluation leaves one free."""
+        self.serving.prepare(pipeline.spec.serving.name)
 
     def finish(self, pipeline: ModelPipeline, record: RunRecord) -> RunRecord:
         """Serves an exported model, records the run, and rewrites its report."""

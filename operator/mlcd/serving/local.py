@@ -141,7 +141,7 @@ class LocalServing:
             raise StageFailed(f"model server refused the new version: {response.text[:500]}")
 
     def prepare(self, model: str, key: str | None = None) -> None:
-        """Starts a model server ahead of need: it loads its libraries while a run trains and
+        """Starts a model server ahead of need: it loads its libraries while a run evaluates and
         waits for a model; :meth:`serve` then only loads the model. Nothing if one runs."""
         folder = self._dir(key or model)
         old = _read_json(folder / "server.json") or {}
