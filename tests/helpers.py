@@ -16,6 +16,18 @@ import yaml
 
 TESTS = pathlib.Path(__file__).resolve().parent
 SOFTMAX_TRAINER = TESTS / "trainers" / "softmax_trainer.py"
+EXAMPLE = TESTS.parent / "examples" / "mnist" / "modelpipeline.yaml"
+# The example's documented small budget (its header comment), as `mlcd run/render` arguments.
+EXAMPLE_SMALL_BUDGET = [
+    "--set",
+    "tuning.maxTrials=2",
+    "--set",
+    "tuning.trialArgs[0]=--epochs=1",
+    "--set",
+    "trainer.args[0]=--epochs=3",
+    "--set",
+    "gate.min=0.9",
+]
 
 
 def softmax_pipeline(dataset: str, **spec_overrides: Any) -> dict[str, Any]:

@@ -3,27 +3,15 @@
 from __future__ import annotations
 
 import hashlib
-import pathlib
 
 import numpy as np
 import onnxruntime as ort
 import pytest
 
-from helpers import mlcd, v2_infer
+from helpers import EXAMPLE, mlcd, v2_infer
+from helpers import EXAMPLE_SMALL_BUDGET as SMALL
 from mlcd.serving.local import LocalServing
 from mnist_trainer.dataset import write as write_digits
-
-EXAMPLE = pathlib.Path(__file__).parents[2] / "examples" / "mnist" / "modelpipeline.yaml"
-SMALL = [
-    "--set",
-    "tuning.maxTrials=2",
-    "--set",
-    "tuning.trialArgs[0]=--epochs=1",
-    "--set",
-    "trainer.args[0]=--epochs=3",
-    "--set",
-    "gate.min=0.9",
-]
 
 
 @pytest.mark.slow

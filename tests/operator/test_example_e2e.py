@@ -5,14 +5,10 @@ documented overrides (``mlcd render --set``)."""
 
 from __future__ import annotations
 
-import pathlib
-
 import numpy as np
 import pytest
 
-from helpers import mlcd, v2_infer
-
-ROOT = pathlib.Path(__file__).resolve().parents[2]
+from helpers import EXAMPLE, EXAMPLE_SMALL_BUDGET, mlcd, v2_infer
 
 
 @pytest.mark.slow
@@ -22,20 +18,7 @@ def test_kubectl_apply_the_example_then_wait_for_ready(start_operator, pipelines
     data = tmp_path / "mnist.npz"
     write(data)
     # The example's documented overrides: the same --set as `mlcd run`, rendered for kubectl.
-    rendered = mlcd(
-        "render",
-        str(ROOT / "examples" / "mnist" / "modelpipeline.yaml"),
-        "--set",
-        "tuning.maxTrials=2",
-        "--set",
-        "tuning.trialArgs[0]=--epochs=1",
-        "--set",
-        "trainer.args[0]=--epochs=3",
-        "--set",
-        "gate.min=0.9",
-        "--set",
-        f"dataset.uri={data}",
-    )
+    rendered = mlcd("render", str(EXAMPLE), *EXAMPLE_SMALL_BUDGET, "--set", f"dataset.uri={data}")
     assert rendered.code == 0, rendered.stderr
     start_operator()
     cluster, ns = pipelines.cluster, pipelines.namespace
