@@ -39,10 +39,9 @@ class Memo:
         default_factory=lambda: defaultdict(threading.Lock)
     )
     guard: threading.Lock = field(default_factory=threading.Lock)
-    #: The resourceVersion each object got from our last status write: its echo is not news.
-    written: dict[str, str] = field(default_factory=dict)
-    #: The status each object got from our last write.
-    statuses: dict[str, ModelPipelineStatus] = field(default_factory=dict)
+    #: Our last status write to each object: the resourceVersion it got (its echo is not
+    #: news) and the status written.
+    written: dict[str, tuple[str, ModelPipelineStatus]] = field(default_factory=dict)
 
     def lock(self, uid: str) -> threading.Lock:
         with self.guard:
@@ -56,10 +55,10 @@ def reconcile(body: dict[str, Any], memo: Memo, logger: Log) -> None:
     with memo.lock(str(meta.get("uid"))):
         started = time.monotonic()
         uid = str(meta.get("uid"))
-        written = memo.statuses.get(uid)
+        written = memo.written.get(uid)
         if (
             written is not None
-            and ModelPipelineStatus.model_validate(body.get("status") or {}) != written
+            and ModelPipelineStatus.model_validate(body.get("status") or {}) != written[1]
         ):
             # Only this operator writes the status: a body without our last write is older
             # than it (kopf has not seen it yet). Decide on the object as it is now.
@@ -82,8 +81,7 @@ def reconcile(body: dict[str, Any], memo: Memo, logger: Log) -> None:
             try:
                 version = memo.kube.write_status(body, plan.status)
                 if version is not None:
-                    memo.written[uid] = version
-                    memo.statuses[uid] = plan.status
+                    memo.written[uid] = (version, plan.status)
                 break
             except Conflict:
                 memo.metrics.errors.labels("conflict").inc()
@@ -128,14 +126,14 @@ def register(registry: kopf.OperatorRegistry, tick: float) -> None:
     @kopf.on.event(*resource, id="reconcile-on-change", registry=registry)
     def on_event(body: kopf.Body, type: str | None, memo: Any, logger: Log, **_: Any) -> None:
         # Every change (created, spec edited, annotated, status written) gets a look at once.
-        if type == "DELETED":
-            memo.written.pop(str(body.get("metadata", {}).get("uid")), None)
-            memo.statuses.pop(str(body.get("metadata", {}).get("uid")), None)
-            return
         meta = body.get("metadata", {})
-        if memo.written.get(str(meta.get("uid"))) == meta.get("resourceVersion"):
+        uid = str(meta.get("uid"))
+        if type == "DELETED":
+            memo.written.pop(uid, None)
+            return
+        if uid in memo.written and memo.written[uid][0] == meta.get("resourceVersion"):
             return  # the echo of our own status write
-        if body.get("metadata", {}).get("deletionTimestamp"):
+        if meta.get("deletionTimestamp"):
             # Watching handlers run before kopf releases its finalizer: stop what runs first.
             cleanup(dict(body), memo)
             return
