@@ -136,7 +136,7 @@ def run_mlcd(home: pathlib.Path, data: pathlib.Path, sets: list[str]) -> dict:
     if proc.returncode != 0:
         raise SystemExit(f"mlcd run failed ({proc.returncode}):\n{err[-3000:]}")
     result = json.loads(out)
-    run_dir = home / "runs" / "default" / result["run"]
+    run_dir = home / "runs" / "default" / result["pipeline"].split("/")[1] / result["run"]
     tune = json.loads((run_dir / "stages" / "tune.json").read_text())
     subprocess.run(
         [sys.executable, "-m", "mlcd.cli", "down"], env=env, check=True, capture_output=True

@@ -17,12 +17,18 @@ from rich.console import Console
 from rich.table import Table
 
 from mlcd import __version__
-from mlcd.domain.records import RunRecord
 from mlcd.domain.spec import ModelPipeline
+from mlcd.domain.status import RunSummary
 from mlcd.errors import MlcdError, SpecError
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_REJECTED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
-EXIT_BY_RESULT = {"promoted": EXIT_OK, "rejected": EXIT_REJECTED, "failed": EXIT_FAILED}
+EXIT_BY_RESULT = {
+    "promoted": EXIT_OK,
+    "rejected": EXIT_REJECTED,
+    "failed": EXIT_FAILED,
+    "exported": EXIT_FAILED,  # it passed its gate, but serving it failed
+    "cancelled": EXIT_INTERRUPTED,
+}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -58,7 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--output", choices=["text", "json"], default="text")
 
     down = sub.add_parser("down", help="stop the local model servers")
-    down.add_argument("name", nargs="?", help="a pipeline name (default: all)")
+    down.add_argument("name", nargs="?", help="a pipeline name (default: every pipeline)")
     down.add_argument("--namespace", default="default")
 
     op = sub.add_parser("operator", help="run the operator (watches ModelPipelines)")
@@ -159,7 +165,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     import yaml
 
     from mlcd import specfile
-    from mlcd.loop import resolve_locations
+    from mlcd.control.local import resolve_locations
     from mlcd.settings import LocalSettings
 
     _, raw = specfile.load(args.file, args.overrides)
@@ -172,9 +178,9 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace, out: Console, err: Console) -> int:
     from mlcd import specfile
+    from mlcd.control.local import Interrupts, LocalLoop, resolve_locations
     from mlcd.domain.checks import parse_pipeline
-    from mlcd.loop import LocalLoop, resolve_locations
-    from mlcd.progress import RunView, follow
+    from mlcd.progress import RunView
     from mlcd.settings import LocalSettings
 
     pipeline, raw = specfile.load(args.file, args.overrides)
@@ -183,82 +189,72 @@ def cmd_run(args: argparse.Namespace, out: Console, err: Console) -> int:
     resource = resolve_locations(raw, args.file.resolve().parent, settings.models)
     pipeline = parse_pipeline(resource)
     started = time.monotonic()
-    with loop.exclusive(pipeline):
-        run_id = loop.start(pipeline, resource)
-        log = loop.engine.events(run_id)
-        assert log is not None
+    view = RunView(err, pipeline) if args.output == "text" else None
+    interrupts = Interrupts()
 
-        def finished() -> bool:
-            return loop.engine.done(run_id)
-
-        interrupted = False
-        view = RunView(err, pipeline) if args.output == "text" else None
+    def on_start(run_id: str) -> None:
         if view is not None:
             err.print(f"run [bold]{run_id}[/] of {pipeline.namespace}/{pipeline.name}")
-        with view if view is not None else contextlib.nullcontext():
 
-            def on_event(event: dict[str, Any]) -> None:
-                if event.get("kind") == "stage-start" and event.get("stage") == "evaluate":
-                    loop.prepare_serving(pipeline)
-                if view is not None:
-                    view.apply(event)
-
-            try:
-                follow(log, finished, on_event)
-            except KeyboardInterrupt:
-                interrupted = True
-                err.print("[yellow]interrupted: stopping the run and its processes[/]")
-                loop.engine.cancel(run_id)
-            record = loop.engine.get(run_id) or RunRecord(
-                id=run_id,
-                result="failed",
-                reason="the run's process ended without a result (see its pipeline.log)",
-            )
-            if interrupted and record.result == "running":
-                record = record.model_copy(update={"result": "failed", "reason": "cancelled"})
-            record = loop.finish(pipeline, record)
-            if view is not None:
-                view.serving(record)
-    elapsed = time.monotonic() - started
-    summary = _summary(loop, pipeline, record, elapsed)
-    if args.output == "json":
-        sys.stdout.write(json.dumps(summary, indent=2, default=str) + "\n")
-    else:
-        _print_summary(out, summary)
-    if interrupted:
+    shown = view if view is not None else contextlib.nullcontext()
+    with interrupts.catching(), loop.exclusive(pipeline), shown:
+        summary = loop.run(
+            pipeline,
+            resource,
+            on_event=view.apply if view is not None else None,
+            on_start=on_start,
+            interrupts=interrupts,
+        )
+        if view is not None and summary is not None:
+            view.serving(summary)
+    if interrupts.set:
+        err.print("[yellow]interrupted: the run and its processes were stopped[/]")
+    if summary is None:
         return EXIT_INTERRUPTED
-    return EXIT_BY_RESULT.get(record.result, EXIT_FAILED)
+    result = _summary(loop, pipeline, summary, time.monotonic() - started)
+    if args.output == "json":
+        sys.stdout.write(json.dumps(result, indent=2, default=str) + "\n")
+    else:
+        _print_summary(out, result)
+    if interrupts.set:
+        return EXIT_INTERRUPTED
+    return EXIT_BY_RESULT.get(summary.result, EXIT_FAILED)
 
 
 def _summary(
-    loop: Any, pipeline: ModelPipeline, record: RunRecord, elapsed: float
+    loop: Any, pipeline: ModelPipeline, summary: RunSummary, elapsed: float
 ) -> dict[str, Any]:
-    state = loop.state(pipeline)
-    serving = state.serving
-    report = loop.report_path(record.id)
+    status = loop.status(pipeline)
+    serving = status.serving
+    record = loop.record(pipeline, summary)
+    report = loop.report_path(pipeline, summary)
+    data = record.data if record is not None and record.data is not None else None
     return {
-        "run": record.id,
+        "run": summary.id,
         "pipeline": f"{pipeline.namespace}/{pipeline.name}",
-        "result": record.result,
-        "stage": record.stage,
-        "reason": record.reason,
-        "params": record.params,
-        "metrics": record.metrics,
-        "gate": record.gate.model_dump(by_alias=True) if record.gate else None,
-        "data": record.data.model_dump(by_alias=True, exclude={"class_counts"})
-        if record.data
-        else None,
-        "model": record.model.model_dump(by_alias=True) if record.model else None,
+        "result": summary.result,
+        "stage": summary.stage,
+        "reason": record.reason if record is not None and record.reason else summary.reason,
+        "params": summary.params,
+        "metrics": summary.metrics,
+        "gate": record.gate.model_dump(by_alias=True)
+        if record is not None and record.gate
+        else (summary.gate.model_dump(by_alias=True) if summary.gate else None),
+        "data": data.model_dump(by_alias=True, exclude={"class_counts"}) if data else None,
+        "model": summary.model.model_dump(by_alias=True) if summary.model else None,
         "serving": {"url": serving.url, "version": serving.version, "sha256": serving.sha256}
         if serving
         else {"url": None, "version": None, "sha256": None},
-        "timings": {**record.timings, "total": round(elapsed, 2)},
+        "timings": {**(record.timings if record is not None else {}), "total": round(elapsed, 2)},
+        "record": summary.record,
         "report": str(report) if report and report.exists() else None,
     }
 
 
 def _print_summary(out: Console, s: dict[str, Any]) -> None:
-    colour = {"promoted": "green", "rejected": "yellow", "failed": "red"}.get(s["result"], "white")
+    colour = {"promoted": "green", "rejected": "yellow", "exported": "yellow"}.get(
+        s["result"], "red"
+    )
     table = Table(title=f"run {s['run']}", show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column()
@@ -285,32 +281,31 @@ def _print_summary(out: Console, s: dict[str, Any]) -> None:
     out.print(table)
 
 
-def _pipeline_dirs(home: pathlib.Path, namespace: str, name: str | None) -> list[pathlib.Path]:
-    root = home / "pipelines" / namespace
-    if name:
-        return [root / name] if (root / name).is_dir() else []
-    return sorted(d for d in root.iterdir() if d.is_dir()) if root.is_dir() else []
-
-
 def cmd_status(args: argparse.Namespace, out: Console) -> int:
+    from mlcd.control.local import StatusFile
+    from mlcd.ports import PipelineKey
     from mlcd.serving.local import LocalServing
     from mlcd.settings import LocalSettings
-    from mlcd.state import PipelineState
 
     settings = LocalSettings()
     serving = LocalServing(settings.home, port=settings.serving_port)
+    files = StatusFile(settings.home)
+    names = [args.name] if args.name else files.pipelines(args.namespace)
     rows: list[dict[str, Any]] = []
-    for folder in _pipeline_dirs(settings.home, args.namespace, args.name):
-        state = PipelineState.load(folder)
-        served = state.serving
-        live_url = serving.url(served.model) if served else None
+    for name in names:
+        if name not in files.pipelines(args.namespace):
+            continue
+        status = files.load(args.namespace, name)
+        served = status.serving
+        live = serving.status(PipelineKey(args.namespace, name), served.model) if served else None
         rows.append(
             {
-                "pipeline": f"{args.namespace}/{folder.name}",
+                "pipeline": f"{args.namespace}/{name}",
                 "serving": served.model_dump(by_alias=True) if served else None,
-                "running": live_url is not None,
-                "url": live_url,
-                "runs": [r.model_dump(by_alias=True) for r in state.runs],
+                "running": bool(live and live.ready),
+                "url": live.url if live and live.ready else None,
+                "reason": live.reason if live and not live.ready else None,
+                "runs": [r.model_dump(by_alias=True) for r in status.runs],
             }
         )
     if args.name and not rows:
@@ -334,7 +329,7 @@ def cmd_status(args: argparse.Namespace, out: Console) -> int:
             )
         served = row["serving"]
         if served:
-            liveness = "serving" if row["running"] else "[red]server not running[/]"
+            liveness = "serving" if row["running"] else f"[red]not serving: {row['reason']}[/]"
             out.print(
                 f"[bold]{row['pipeline']}[/]: version {served['version']} {liveness}"
                 f"{' at ' + row['url'] if row['url'] else ''}\n  sha256 {served['sha256']}"
@@ -347,21 +342,17 @@ def cmd_status(args: argparse.Namespace, out: Console) -> int:
 
 
 def cmd_down(args: argparse.Namespace, out: Console) -> int:
+    from mlcd.ports import PipelineKey
     from mlcd.serving.local import LocalServing
     from mlcd.settings import LocalSettings
-    from mlcd.state import PipelineState
 
     settings = LocalSettings()
     serving = LocalServing(settings.home, port=settings.serving_port)
-    if args.name:
-        folders = _pipeline_dirs(settings.home, args.namespace, args.name)
-        states = [PipelineState.load(f) for f in folders]
-        models = [s.serving.model for s in states if s.serving] or [args.name]
-    else:
-        models = serving.models()
-    for model in models:
-        serving.stop(model)
-        out.print(f"stopped the model server of {model}")
+    keys = [PipelineKey(args.namespace, args.name)] if args.name else serving.keys()
+    for key in keys:
+        if serving.running(key):
+            serving.stop(key)
+            out.print(f"stopped the model server of {key}")
     return EXIT_OK
 
 

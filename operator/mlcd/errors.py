@@ -20,16 +20,16 @@ class FieldProblem:
         return f"{self.path}: {self.reason}"
 
 
-class SpecError(MlcdError):
+class PermanentError(MlcdError):
+    """A condition only a change by the user can fix (a missing secret, a bad dataset URI)."""
+
+
+class SpecError(PermanentError):
     """The spec is invalid. Permanent: retrying cannot help."""
 
     def __init__(self, problems: list[FieldProblem]) -> None:
         self.problems = problems
         super().__init__("; ".join(str(p) for p in problems))
-
-
-class PermanentError(MlcdError):
-    """A condition only a change by the user can fix (a missing secret, a bad dataset URI)."""
 
 
 class TemporaryError(MlcdError):

@@ -10,8 +10,9 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
-from mlcd.domain.records import STAGES, RunRecord
+from mlcd.domain.records import STAGES
 from mlcd.domain.spec import ModelPipeline
+from mlcd.domain.status import RunSummary
 from mlcd.pipeline.events import EventLog
 
 
@@ -89,7 +90,7 @@ class RunView:
         elif kind == "exported":
             progress.update(self.stages["export"], note=f"version {event.get('version')}")
 
-    def serving(self, record: RunRecord) -> None:
+    def serving(self, record: RunSummary) -> None:
         task = self.stages["serve"]
         self.progress.start_task(task)
         note = (

@@ -10,6 +10,7 @@ import pytest
 
 from helpers import EXAMPLE, mlcd, v2_infer
 from helpers import EXAMPLE_SMALL_BUDGET as SMALL
+from mlcd.ports import PipelineKey
 from mlcd.serving.local import LocalServing
 from mnist_trainer.dataset import write as write_digits
 
@@ -32,7 +33,7 @@ def test_the_example_trains_gates_exports_and_serves(tmp_path, monkeypatch):
         assert out["params"]["optimizer"] in ("adam", "sgd")
         model = home / "models" / "mnist" / out["model"]["version"] / "model.onnx"
         assert hashlib.sha256(model.read_bytes()).hexdigest() == out["model"]["sha256"]
-        run_dir = home / "runs" / "default" / out["run"]
+        run_dir = home / "runs" / "default" / "mnist" / out["run"]
         train_log = (run_dir / "work" / "train" / "train.log").read_text()
         assert "--nproc-per-node=2" in train_log  # the distributed job ran two workers
 
@@ -59,4 +60,4 @@ def test_the_example_trains_gates_exports_and_serves(tmp_path, monkeypatch):
         assert second.json["serving"]["version"] == out["model"]["version"]
         np.testing.assert_array_equal(v2_infer(out["serving"]["url"], "mnist", x), served)
     finally:
-        LocalServing(home).stop("mnist")
+        LocalServing(home).stop(PipelineKey("default", "mnist"))

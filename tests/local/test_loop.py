@@ -51,7 +51,7 @@ def test_first_run_is_served_and_an_impossible_gate_keeps_it(home, digits, tmp_p
     assert out["model"]["sha256"] == _sha256(version_dir / "model.onnx")
     meta = json.loads((version_dir / "metadata.json").read_text())
     assert meta["sha256"] == out["model"]["sha256"]
-    assert meta["run"] == out["run"]
+    assert meta["runId"] == out["run"]
     assert meta["gate"]["passed"] is True
     assert meta["dataset"]["sha256"] == _sha256(digits)
     assert set(meta["params"]) == {"lr"}
@@ -72,7 +72,13 @@ def test_first_run_is_served_and_an_impossible_gate_keeps_it(home, digits, tmp_p
     assert "min 1.01" in second.json["reason"]
     assert second.json["gate"]["passed"] is False
     assert second.json["serving"]["version"] == "1"
-    assert sorted(os.listdir(home / "models" / "digits")) == ["1"]
+    assert sorted(d for d in os.listdir(home / "models" / "digits") if d.isdigit()) == ["1"]
+    # Each run's full record is kept beside the model, linked from its summary.
+    records = home / "models" / "digits" / "runs" / "default" / "digits"
+    assert sorted(p.stem for p in records.glob("*.json")) == sorted([out["run"], second.json["run"]])
+    assert second.json["record"] == str(records / f"{second.json['run']}.json")
+    kept = json.loads((records / f"{second.json['run']}.json").read_text())
+    assert kept["result"] == "rejected" and kept["gate"]["checks"]
     status = _status(home)
     assert status["serving"]["version"] == "1" and status["running"] is True
     assert [r["result"] for r in status["runs"]] == ["promoted", "rejected"]
@@ -99,7 +105,7 @@ def test_failed_and_rejected_runs_leave_serving_untouched(home, digits, tmp_path
         for word in words:
             assert word in result.json["reason"], (overrides, result.json["reason"])
         assert result.json["model"] is None
-        assert sorted(os.listdir(home / "models" / "digits")) == ["1"]
+        assert sorted(d for d in os.listdir(home / "models" / "digits") if d.isdigit()) == ["1"]
         assert _status(home)["serving"] == served
 
     shifted = tmp_path / "shifted.npz"
@@ -139,7 +145,7 @@ def test_failed_trials_are_counted_against_max_failed_trials(home, digits, tmp_p
     assert result.json["stage"] == "tune"
     assert "2 trials failed, more than maxFailedTrials 1" in result.json["reason"]
     assert "lr too high" in result.json["reason"]  # the trial's stderr tail
-    run_dir = next((home / "runs" / "default").iterdir())
+    run_dir = next((home / "runs" / "default" / "digits").iterdir())
     tune = json.loads((run_dir / "stages" / "tune.json").read_text())
     assert [t["state"] for t in tune["trials"]] == ["failed", "failed"]
 
@@ -209,7 +215,7 @@ def test_ctrl_c_stops_every_child_and_leaves_state_consistent(home, digits, tmp_
     deadline = time.monotonic() + 120
     events: list[dict] = []
     while time.monotonic() < deadline:
-        logs = list((home / "runs").glob("*/*/events.jsonl"))
+        logs = list((home / "runs").glob("*/*/*/events.jsonl"))
         if logs:
             events = [json.loads(line) for line in logs[0].read_text().splitlines()]
             if sum(e["kind"] == "trial-start" for e in events) == 2:
@@ -227,9 +233,9 @@ def test_ctrl_c_stops_every_child_and_leaves_state_consistent(home, digits, tmp_
     assert "interrupted" in stderr
     assert _run_processes(str(run_dir)) == []
     assert _run_processes("softmax_trainer.py") == []
-    state = json.loads((home / "pipelines" / "default" / "digits" / "state.json").read_text())
-    assert state["runs"][-1]["result"] == "failed"
-    assert "cancelled" in state["runs"][-1]["reason"]
-    assert state["serving"] is None
+    state = json.loads((home / "pipelines" / "default" / "digits" / "status.json").read_text())
+    assert state["runs"][-1]["result"] == "cancelled"
+    assert "interrupted" in state["runs"][-1]["reason"]
+    assert "serving" not in state
     with (home / "pipelines" / "default" / "digits" / "lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released: the next run may start

@@ -117,6 +117,15 @@ class LocalStore:
             raise PermanentError(f"model {model} version {version} not found in {self.root}")
         return path
 
+    def put_record(self, model: str, path: str, record: dict[str, Any]) -> str:
+        """A run's full record, ``<root>/<model>/runs/<path>.json``; written whole or not."""
+        target = self.root / model / "runs" / f"{path}.json"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.tmp")
+        tmp.write_text(json.dumps(record, indent=2, sort_keys=True, default=str))
+        tmp.replace(target)
+        return str(target)
+
 
 class LocalDataset:
     def __init__(self, path: pathlib.Path) -> None:

@@ -200,6 +200,22 @@ class S3Store:
                 )
         return target
 
+    def put_record(self, model: str, path: str, record: dict[str, Any]) -> str:
+        """A run's full record, ``<prefix>/<model>/runs/<path>.json``; written whole or not."""
+        key = self._key(model, "runs", f"{path}.json")
+        data = json.dumps(record, indent=2, sort_keys=True, default=str).encode()
+        _call(
+            f"writing {key}",
+            lambda: self.client.put_object(
+                self.bucket,
+                key,
+                io.BytesIO(data),
+                len(data),
+                content_type="application/json",
+            ),
+        )
+        return f"s3://{self.bucket}/{key}"
+
 
 class S3Dataset:
     def __init__(self, client: Minio, bucket: str, key: str) -> None:

@@ -1,240 +1,260 @@
-"""The run lifecycle as tables: every decision the operator takes about a run comes from here.
+"""A run's life as one table: (state of an active run, what was seen) -> (next state, acts).
 
-Two tables, both plain data:
-
-* ``RUN_TRANSITIONS``: (state of an active run, what was observed) -> (next state, actions);
-* ``TRIGGER_OUTCOMES``: (trigger kind, a run is active, concurrency policy) -> outcome.
-
-:func:`advance` applies the first to a status, :func:`trigger` the second; the reconciler only
-gathers observations and carries out the actions they return.
+``classify`` turns the observations about one run into the table's vocabulary; ``RUN_TABLE``
+says what follows. Every pair is a row or explicitly impossible (``IMPOSSIBLE``); a pair that
+is neither raises, so a gap in the table is a bug found, never a silent no-op.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Literal
 
-from mlcd.domain.records import ModelRef, RunRecord, ServingRecord
-from mlcd.domain.spec import ModelPipelineSpec
-from mlcd.domain.status import Condition, ConditionType, CurrentRun, ModelPipelineStatus, Phase
-from mlcd.domain.versions import run_id
+from mlcd.domain.gate import judge
+from mlcd.domain.observations import Done, Observations, RunView
+from mlcd.domain.records import FinalResult, RunRecord, ServingRecord
+from mlcd.domain.spec import Baseline, Gate
+from mlcd.domain.status import CurrentRun
 
+#: A run lost this many times (its process ended without a result) is failed.
 MAX_ATTEMPTS = 2
 
 
 class Seen(StrEnum):
-    """What the reconciler observed about an active run."""
+    """What a pass observed about one active run."""
 
     PROGRESS = "progress"  # the engine runs it, at some stage
-    EXPORTED = "exported"  # the pipeline published a model that passed its gate
+    EXPORTED = "exported"  # it published a model that passed its gate, and the gate still holds
+    SUPERSEDED = "superseded"  # exported, but judged again against a model serving since: no
     REJECTED = "rejected"  # bad data or the gate said no
     FAILED = "failed"  # a stage failed
+    ENGINE_CANCELLED = "engine-cancelled"  # the engine reports it cancelled (not by us)
+    UNREACHABLE = "unreachable"  # the engine did not answer: nothing is known, nothing changes
     LOST = "lost"  # the engine has neither a live run nor a result
     LOST_AGAIN = "lost-again"  # lost, and the retry is used up
-    SERVED = "served"  # serving now points at the run's model
-    SERVE_FAILED = "serve-failed"  # switching serving failed; the old model still serves
-    SUPERSEDED = "superseded"  # a better model started serving meanwhile
-    CANCELLED = "cancelled"  # replaced by a newer run, or the pipeline is being deleted
+    SUBMIT_RETRY = "submit-retry"  # submitting it failed for now (engine unreachable)
+    SUBMIT_FAILED = "submit-failed"  # the engine refused it for good
+    SERVED = "served"  # the serving target reports the run's model
+    SERVE_RETRY = "serve-retry"  # serving it failed for now (store or server unreachable)
+    SERVE_FAILED = "serve-failed"  # serving it failed for good; the old model still serves
+    CANCELLED = "cancelled"  # replaced, interrupted, or the pipeline is being deleted
 
 
 class Act(StrEnum):
-    PROMOTE = "promote"  # switch serving to the run's model
-    RESUBMIT = "resubmit"  # submit the same run id again, next attempt
-    CANCEL = "cancel"  # stop the run in the engine
-    FINISH = "finish"  # move the run from active to history
-    SERVE = "serve"  # record the run's model as serving
-    WARN = "warn"  # post a Warning event
-    NOTE = "note"  # post a Normal event
+    PROMOTE = "promote"  # serve the run's model
+    SUBMIT = "submit"  # submit the same attempt again (it never reached the engine)
+    RESUBMIT = "resubmit"  # submit the same run id again, as its next attempt
+    CANCEL = "cancel"  # stop it in the engine
+    FINISH = "finish"  # move it from active to history with its final result
+    SERVE = "serve"  # record its model as serving
+    WARN = "warn"  # post a Warning Event
+    NOTE = "note"  # post a Normal Event
+    HOLD = "hold"  # keep it, note what holds it up (an Event only when that changes)
 
 
-ConditionStatus = Literal["True", "False", "Unknown"]
-RunState = Literal["running", "promoting", "promoted", "rejected", "failed"]
-Transition = tuple[RunState, tuple[Act, ...]]
+ActiveState = Literal["running", "promoting"]
+Next = Literal["running", "promoting", "promoted", "exported", "rejected", "failed", "cancelled"]
+Row = tuple[Next, tuple[Act, ...]]
 
-RUN_TRANSITIONS: dict[tuple[RunState, Seen], Transition] = {
+RUN_TABLE: dict[tuple[ActiveState, Seen], Row] = {
     ("running", Seen.PROGRESS): ("running", ()),
     ("running", Seen.EXPORTED): ("promoting", (Act.PROMOTE,)),
+    ("running", Seen.SUPERSEDED): ("rejected", (Act.FINISH, Act.WARN)),
     ("running", Seen.REJECTED): ("rejected", (Act.FINISH, Act.WARN)),
     ("running", Seen.FAILED): ("failed", (Act.FINISH, Act.WARN)),
+    ("running", Seen.ENGINE_CANCELLED): ("cancelled", (Act.FINISH, Act.WARN)),
+    ("running", Seen.UNREACHABLE): ("running", (Act.HOLD,)),
     ("running", Seen.LOST): ("running", (Act.RESUBMIT, Act.WARN)),
     ("running", Seen.LOST_AGAIN): ("failed", (Act.FINISH, Act.WARN)),
-    ("running", Seen.CANCELLED): ("failed", (Act.CANCEL, Act.FINISH, Act.WARN)),
+    ("running", Seen.SUBMIT_RETRY): ("running", (Act.SUBMIT, Act.HOLD)),
+    ("running", Seen.SUBMIT_FAILED): ("failed", (Act.FINISH, Act.WARN)),
+    # Serving switched, then the operator stopped before it recorded "promoting".
+    ("running", Seen.SERVED): ("promoted", (Act.SERVE, Act.FINISH, Act.NOTE)),
+    ("running", Seen.CANCELLED): ("cancelled", (Act.CANCEL, Act.FINISH, Act.WARN)),
     # After a restart the engine still reports the export: promoting again is idempotent.
     ("promoting", Seen.EXPORTED): ("promoting", (Act.PROMOTE,)),
-    ("promoting", Seen.SERVED): ("promoted", (Act.SERVE, Act.FINISH, Act.NOTE)),
-    ("promoting", Seen.SERVE_FAILED): ("failed", (Act.FINISH, Act.WARN)),
     ("promoting", Seen.SUPERSEDED): ("rejected", (Act.FINISH, Act.WARN)),
+    ("promoting", Seen.UNREACHABLE): ("promoting", (Act.HOLD,)),
     ("promoting", Seen.LOST): ("failed", (Act.FINISH, Act.WARN)),
     ("promoting", Seen.LOST_AGAIN): ("failed", (Act.FINISH, Act.WARN)),
-    ("promoting", Seen.CANCELLED): ("failed", (Act.FINISH, Act.WARN)),
+    ("promoting", Seen.SERVED): ("promoted", (Act.SERVE, Act.FINISH, Act.NOTE)),
+    # A store or server outage is not the model's fault: serving it is tried again.
+    ("promoting", Seen.SERVE_RETRY): ("promoting", (Act.PROMOTE, Act.HOLD)),
+    ("promoting", Seen.SERVE_FAILED): ("exported", (Act.FINISH, Act.WARN)),
+    ("promoting", Seen.CANCELLED): ("cancelled", (Act.CANCEL, Act.FINISH, Act.WARN)),
 }
 
-TriggerKind = Literal["schedule", "new-data", "manual"]
-Outcome = Literal["start", "skip", "defer", "replace"]
-Policy = Literal["Allow", "Forbid", "Replace"]
-
-TRIGGER_OUTCOMES: dict[tuple[TriggerKind, bool, Policy], Outcome] = {
-    ("schedule", False, "Allow"): "start",
-    ("schedule", False, "Forbid"): "start",
-    ("schedule", False, "Replace"): "start",
-    ("new-data", False, "Allow"): "start",
-    ("new-data", False, "Forbid"): "start",
-    ("new-data", False, "Replace"): "start",
-    ("manual", False, "Allow"): "start",
-    ("manual", False, "Forbid"): "start",
-    ("manual", False, "Replace"): "start",
-    ("schedule", True, "Allow"): "start",
-    ("schedule", True, "Forbid"): "skip",  # CronJob: that scheduled time is gone
-    ("schedule", True, "Replace"): "replace",
-    ("new-data", True, "Allow"): "start",
-    ("new-data", True, "Forbid"): "defer",  # new data is never dropped: it waits its turn
-    ("new-data", True, "Replace"): "replace",
-    ("manual", True, "Allow"): "start",
-    ("manual", True, "Forbid"): "defer",
-    ("manual", True, "Replace"): "replace",
+#: Pairs that cannot occur, with the reason: the completeness test accepts them, and
+#: ``classify`` never produces them.
+IMPOSSIBLE: dict[tuple[ActiveState, Seen], str] = {
+    ("running", Seen.SERVE_RETRY): "serving is only tried for a promoting run",
+    ("running", Seen.SERVE_FAILED): "serving is only tried for a promoting run",
+    ("promoting", Seen.PROGRESS): "an exported run's record is final",
+    ("promoting", Seen.REJECTED): "an exported run's record is final",
+    ("promoting", Seen.FAILED): "an exported run's record is final",
+    ("promoting", Seen.ENGINE_CANCELLED): "an exported run's record is final",
+    ("promoting", Seen.SUBMIT_RETRY): "a promoting run was submitted long ago",
+    ("promoting", Seen.SUBMIT_FAILED): "a promoting run was submitted long ago",
 }
 
 EVENT_REASONS: dict[Seen, str] = {
+    Seen.SUPERSEDED: "Superseded",
     Seen.REJECTED: "RunRejected",
     Seen.FAILED: "RunFailed",
+    Seen.ENGINE_CANCELLED: "RunCancelled",
+    Seen.UNREACHABLE: "EngineUnreachable",
     Seen.LOST: "RunRetried",
     Seen.LOST_AGAIN: "RunLost",
-    Seen.CANCELLED: "RunCancelled",
+    Seen.SUBMIT_RETRY: "SubmitRetrying",
+    Seen.SUBMIT_FAILED: "RunFailed",
     Seen.SERVED: "Promoted",
+    Seen.SERVE_RETRY: "PromotionRetrying",
     Seen.SERVE_FAILED: "PromotionFailed",
-    Seen.SUPERSEDED: "Superseded",
+    Seen.CANCELLED: "RunCancelled",
 }
 
 
-def run_state(run: CurrentRun) -> RunState:
+class TableGap(Exception):
+    """A (state, observation) pair the run table lacks: a bug, never ignored."""
+
+
+def state_of(run: CurrentRun) -> ActiveState:
     return "promoting" if run.stage == "serve" else "running"
 
 
-def classify(run: CurrentRun, record: RunRecord | None) -> Seen:
-    """The engine's view of a run, as the table's vocabulary."""
+def row(state: ActiveState, seen: Seen) -> Row:
+    if (state, seen) in RUN_TABLE:
+        return RUN_TABLE[(state, seen)]
+    why = IMPOSSIBLE.get((state, seen), "no row")
+    raise TableGap(f"run table: ({state}, {seen}) - {why}")
+
+
+def _outcome(seen: Observations, kind: Done, run: str) -> tuple[bool, str] | None:
+    """(temporary, message) of the last failed intent of ``kind`` for ``run``, if any."""
+    for outcome in reversed(seen.outcomes):
+        if outcome.kind == kind and outcome.run == run:
+            return None if outcome.ok else (outcome.temporary, outcome.message)
+    return None
+
+
+def rejudge(view: RunView, serving: ServingRecord | None) -> str | None:
+    """Why an exported model no longer passes, judged against a model that started serving
+    after its gate was judged; None when it still passes or nothing changed."""
+    record = view.record
+    if record is None or record.gate is None or serving is None:
+        return None
+    if record.gate.baseline_version == serving.version:
+        return None
+    verdict = record.gate
+    gate = view.gate or Gate(
+        metric=verdict.metric,
+        direction=verdict.direction,
+        min=verdict.min,
+        max=verdict.max,
+        baseline=Baseline(
+            compare_to="serving" if verdict.max_regression is not None else "none",
+            max_regression=verdict.max_regression or 0.0,
+        ),
+    )
+    again = judge(gate, record.metrics, serving.metrics, serving.version)
+    return None if again.passed else again.reason
+
+
+def classify(
+    run: CurrentRun,
+    view: RunView | None,
+    seen: Observations,
+    serving: ServingRecord | None,
+    cancel: str | None,
+) -> tuple[Seen, str | None]:
+    """The observations about one active run as the table's vocabulary, with a reason where
+    the engine's record does not carry one. ``cancel`` says why the run must stop, if so."""
+    if cancel is not None:
+        return Seen.CANCELLED, cancel
+    if view is not None and not view.reachable:
+        return Seen.UNREACHABLE, view.problem or "the engine did not answer"
+    failed_submit = _outcome(seen, Done.SUBMIT, run.id)
+    record = view.record if view is not None else None
     if record is None:
-        return Seen.LOST if run.attempt < MAX_ATTEMPTS else Seen.LOST_AGAIN
+        if failed_submit is not None:
+            temporary, message = failed_submit
+            return (Seen.SUBMIT_RETRY if temporary else Seen.SUBMIT_FAILED), message
+        if run.attempt < MAX_ATTEMPTS:
+            return Seen.LOST, None
+        return Seen.LOST_AGAIN, "the run was lost twice (its process ended without a result)"
+    model = record.model
+    served = seen.serving.ref if seen.serving is not None else None
+    if (
+        record.result in ("exported", "promoted")
+        and model is not None
+        and served is not None
+        and (served.version, served.sha256) == (model.version, model.sha256)
+    ):
+        return Seen.SERVED, None
     if record.result == "running":
-        return Seen.EXPORTED if record.stage == "serve" and record.model else Seen.PROGRESS
+        return Seen.PROGRESS, None
     if record.result == "rejected":
-        return Seen.REJECTED
-    return Seen.FAILED
+        return Seen.REJECTED, None
+    if record.result == "failed":
+        return Seen.FAILED, None
+    if record.result == "cancelled":
+        return Seen.ENGINE_CANCELLED, record.reason or "cancelled in the engine"
+    if model is None:
+        return Seen.FAILED, "the run ended without a model"
+    failed_serve = _outcome(seen, Done.PROMOTE, run.id) if state_of(run) == "promoting" else None
+    if failed_serve is not None:
+        temporary, message = failed_serve
+        return (Seen.SERVE_RETRY if temporary else Seen.SERVE_FAILED), message
+    assert view is not None
+    superseded = rejudge(view, serving)
+    if superseded is not None:
+        return Seen.SUPERSEDED, f"superseded: {superseded}"
+    return Seen.EXPORTED, None
 
 
-@dataclass(frozen=True)
-class Notice:
-    """A Kubernetes Event to post."""
-
-    type: Literal["Normal", "Warning"]
-    reason: str
-    message: str
-
-
-@dataclass
-class Effects:
-    """What the reconciler must carry out, and what to report once the status is written."""
-
-    promote: list[tuple[str, ModelRef]] = field(default_factory=list)
-    resubmit: list[CurrentRun] = field(default_factory=list)
-    submit: list[CurrentRun] = field(default_factory=list)
-    cancel: list[CurrentRun] = field(default_factory=list)
-    notices: list[Notice] = field(default_factory=list)
-    finished: list[RunRecord] = field(default_factory=list)
-
-
-def _iso(t: dt.datetime) -> str:
+def iso(t: dt.datetime) -> str:
     return t.astimezone(dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-def advance(
-    status: ModelPipelineStatus,
+def final_record(
     run: CurrentRun,
-    seen: Seen,
-    record: RunRecord | None,
-    now: dt.datetime,
-    history_limit: int,
-    effects: Effects,
-    reason: str | None = None,
-    serving: ServingRecord | None = None,
-) -> ModelPipelineStatus:
-    """Applies one observation about one active run; returns the new status.
-
-    ``reason`` explains a failure the engine did not report (serving, cancel); ``serving`` is
-    what now serves after a successful promotion."""
-    state = run_state(run)
-    key = (state, seen)
-    if key not in RUN_TRANSITIONS:
-        return status
-    nxt, acts = RUN_TRANSITIONS[key]
-    active = [r for r in status.active_runs if r.id != run.id]
-    updated = run
-    if record is not None and record.result == "running" and nxt == "running":
-        updated = run.model_copy(update={"stage": record.stage})
-    if nxt == "promoting":
-        updated = run.model_copy(update={"stage": "serve"})
-    if Act.RESUBMIT in acts:
-        updated = run.model_copy(update={"attempt": run.attempt + 1, "stage": "validate"})
-        effects.resubmit.append(updated)
-    if Act.PROMOTE in acts and record is not None and record.model is not None:
-        effects.promote.append((run.id, record.model))
-    if Act.CANCEL in acts:
-        effects.cancel.append(run)
-    out = status
-    if Act.FINISH in acts:
-        final = _final_record(run, nxt, seen, record, now, reason)
-        effects.finished.append(final)
-        runs = [r for r in status.runs if r.id != final.id] + [final]
-        out = out.model_copy(update={"runs": runs[-history_limit:], "active_runs": active})
-        if Act.SERVE in acts and serving is not None:
-            out = out.model_copy(update={"serving": serving})
-    else:
-        out = out.model_copy(update={"active_runs": [*active, updated]})
-    if Act.WARN in acts or Act.NOTE in acts:
-        message = _message(run, seen, record, reason)
-        kind: Literal["Normal", "Warning"] = "Warning" if Act.WARN in acts else "Normal"
-        effects.notices.append(Notice(kind, EVENT_REASONS[seen], message))
-    return out
-
-
-def _final_record(
-    run: CurrentRun,
-    state: RunState,
+    result: FinalResult,
     seen: Seen,
     record: RunRecord | None,
     now: dt.datetime,
     reason: str | None,
 ) -> RunRecord:
+    """The run's record as it ends: the engine's, with the loop's decision on top."""
     base = record or RunRecord(id=run.id, trigger=run.trigger, started_at=run.started_at)
-    result: Literal["promoted", "rejected", "failed"] = (
-        "promoted" if state == "promoted" else "rejected" if state == "rejected" else "failed"
-    )
-    why = {
-        Seen.LOST_AGAIN: "the run was lost twice (its process ended without a result)",
-        Seen.CANCELLED: reason or "cancelled",
-        Seen.SERVE_FAILED: f"serving: {reason}",
-        Seen.SUPERSEDED: reason or "a better model is serving now",
-    }.get(seen, base.reason)
+    why = base.reason
     if seen == Seen.SERVED:
         why = base.gate.reason if base.gate else base.reason
+    elif seen == Seen.SERVE_FAILED:
+        why = f"serving: {reason}"
+    elif reason is not None:
+        why = reason
+    stage = "done" if result == "promoted" else base.stage
+    if seen in (Seen.SERVE_FAILED, Seen.CANCELLED) and run.stage == "serve":
+        stage = "serve"
     return base.model_copy(
         update={
             "id": run.id,
             "trigger": run.trigger,
             "result": result,
-            "stage": "done" if result == "promoted" else base.stage,
+            "stage": stage,
             "reason": why,
             "started_at": base.started_at or run.started_at,
             "finished_at": base.finished_at
-            if result != "promoted" and base.finished_at
-            else _iso(now),
+            if base.finished_at and seen != Seen.SERVED
+            # The loop's own decision ends it now.
+            else iso(now),
+            "children": {**run.children, **base.children},
         }
     )
 
 
-def _message(run: CurrentRun, seen: Seen, record: RunRecord | None, reason: str | None) -> str:
+def message(run: CurrentRun, seen: Seen, record: RunRecord | None, reason: str | None) -> str:
     if seen == Seen.SERVED and record is not None and record.model is not None:
         gate = record.gate.reason if record.gate else ""
         return f"run {run.id}: version {record.model.version} now serving; {gate}".strip("; ")
@@ -242,110 +262,3 @@ def _message(run: CurrentRun, seen: Seen, record: RunRecord | None, reason: str 
         return f"run {run.id} lost its process; retrying it (attempt {run.attempt + 1})"
     text = reason or (record.reason if record else None) or seen.value
     return f"run {run.id}: {text}"
-
-
-def trigger(kind: TriggerKind, active: bool, policy: Policy) -> Outcome:
-    return TRIGGER_OUTCOMES[(kind, active, policy)]
-
-
-def trigger_run_id(name: str, kind: TriggerKind, key: str | dt.datetime) -> str:
-    """Deterministic: the same trigger always names the same run, so a retried reconcile
-    after a crash submits nothing twice."""
-    if isinstance(key, dt.datetime):
-        return run_id(name, kind, key)
-    digest = hashlib.sha256(key.encode()).hexdigest()[:10]
-    return f"{name}-{'d' if kind == 'new-data' else 'm'}{digest}"
-
-
-def conditions(
-    status: ModelPipelineStatus,
-    spec_problem: str | None,
-    generation: int | None,
-    now: dt.datetime,
-    blocked: str | None = None,
-    waiting: str | None = None,
-) -> list[Condition]:
-    """Ready, Training, Gated, Degraded and SpecValid, from the status and what keeps new
-    runs from starting (``blocked``: the dataset cannot be checked; ``waiting``: a run waits
-    for the operator's capacity)."""
-    last = status.runs[-1] if status.runs else None
-    gated = next((r for r in reversed(status.runs) if r.gate is not None), None)
-    wanted: list[tuple[ConditionType, ConditionStatus, str, str]] = []
-    if status.serving is not None:
-        wanted.append(
-            (
-                "Ready",
-                "True",
-                "Serving",
-                f"version {status.serving.version} ({status.serving.sha256[:12]}) "
-                f"serves at {status.serving.url}",
-            )
-        )
-    else:
-        wanted.append(("Ready", "False", "NoModel", "no model has passed its gate yet"))
-    if status.active_runs:
-        run = status.active_runs[-1]
-        wanted.append(("Training", "True", "RunActive", f"run {run.id} at stage {run.stage}"))
-    else:
-        if waiting:
-            wanted.append(("Training", "False", "WaitingForCapacity", waiting))
-        else:
-            wanted.append(("Training", "False", "Idle", "no run in progress"))
-    if gated is not None and gated.gate is not None:
-        wanted.append(
-            (
-                "Gated",
-                "True" if gated.gate.passed else "False",
-                "GatePassed" if gated.gate.passed else "GateFailed",
-                f"run {gated.id}: {gated.gate.reason}",
-            )
-        )
-    if blocked:
-        wanted.append(("Degraded", "True", "DatasetUnavailable", blocked))
-    elif last is not None and last.result == "failed":
-        wanted.append(("Degraded", "True", "RunFailed", f"run {last.id}: {last.reason}"))
-    else:
-        wanted.append(("Degraded", "False", "AsExpected", ""))
-    if spec_problem:
-        wanted.append(("SpecValid", "False", "InvalidSpec", spec_problem))
-    else:
-        wanted.append(("SpecValid", "True", "Accepted", ""))
-    previous = {c.type: c for c in status.conditions}
-    out = []
-    for ctype, cstatus, reason, message in wanted:
-        old = previous.get(ctype)
-        since = old.last_transition_time if old is not None and old.status == cstatus else None
-        out.append(
-            Condition(
-                type=ctype,
-                status=cstatus,
-                reason=reason,
-                message=message,
-                last_transition_time=since or _iso(now),
-                observed_generation=generation,
-            )
-        )
-    return out
-
-
-def phase(
-    status: ModelPipelineStatus, spec: ModelPipelineSpec | None, spec_problem: str | None
-) -> Phase:
-    if spec_problem:
-        return "Invalid"
-    if status.active_runs:
-        return "Running"
-    if spec is not None and spec.suspend:
-        return "Suspended"
-    if status.serving is not None:
-        return "Ready"
-    if status.runs and status.runs[-1].result in ("failed", "rejected"):
-        return "Failed"
-    return "Pending"
-
-
-def last_metric(status: ModelPipelineStatus, metric: str) -> str | None:
-    for record in reversed(status.runs):
-        if metric in record.metrics:
-            return f"{metric}={record.metrics[metric]:.4f}"
-    return status.last_metric

@@ -8,7 +8,12 @@ from pydantic import Field
 
 from mlcd.domain.spec import Model
 
-RunResult = Literal["running", "promoted", "rejected", "failed"]
+#: ``running`` while the engine works; then what the engine reports (``exported``: the model
+#: passed its gate and is in the repository; ``rejected``, ``failed``, ``cancelled``), and what
+#: the loop decides after an export (``promoted``: it serves; ``exported`` stays when serving it
+#: failed for good).
+RunResult = Literal["running", "exported", "promoted", "rejected", "failed", "cancelled"]
+FinalResult = Literal["exported", "promoted", "rejected", "failed", "cancelled"]
 Stage = Literal["validate", "tune", "train", "evaluate", "gate", "export", "serve", "done"]
 STAGES: tuple[Stage, ...] = ("validate", "tune", "train", "evaluate", "gate", "export", "serve")
 
@@ -84,7 +89,9 @@ class RunRecord(Model):
     id: str = Field(description="The run's id.")
     trigger: str = Field(default="manual", description="schedule, new-data or manual.")
     result: RunResult = Field(
-        default="running", description="running, promoted, rejected (by the gate) or failed."
+        default="running",
+        description="running, exported (passed its gate, not served), promoted, rejected (bad "
+        "data or the gate said no), failed or cancelled.",
     )
     stage: Stage = Field(default="validate", description="The last stage it reached.")
     reason: str | None = Field(default=None, description="Why it failed or was rejected.")
@@ -98,6 +105,10 @@ class RunRecord(Model):
     model: ModelRef | None = Field(default=None, description="The model it exported.")
     data: DataReport | None = Field(default=None, description="What the data check found.")
     timings: dict[str, float] = Field(default_factory=dict, description="Seconds per stage.")
+    children: dict[str, str] = Field(
+        default_factory=dict,
+        description="Objects the engine created for the run, by kind (e.g. kfpRun, experiment).",
+    )
 
 
 class ServingRecord(Model):

@@ -15,6 +15,8 @@ from pydantic.alias_generators import to_camel
 API_GROUP = "mlcd.io"
 API_VERSION = "v1alpha1"
 KIND = "ModelPipeline"
+#: Annotation whose new value asks for a run now (``mlcd trigger`` sets it).
+TRIGGER_ANNOTATION = "mlcd.io/trigger"
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 PARAM_NAME = r"^[A-Za-z][A-Za-z0-9_-]*$"

@@ -51,10 +51,10 @@ def main(argv: list[str]) -> int:
     except KeyboardInterrupt:
         cancelled = True
     record = assemble(run_dir, ctx.run_id, ctx.trigger, started)
-    if cancelled and record.result == "running":
-        record = record.model_copy(update={"result": "failed", "reason": "cancelled"})
-    elif cancelled and record.result == "failed":
-        record = record.model_copy(update={"reason": f"cancelled during {record.stage}"})
+    if cancelled and record.result in ("running", "failed"):
+        record = record.model_copy(
+            update={"result": "cancelled", "reason": f"cancelled during {record.stage}"}
+        )
     tmp = run_dir / ".result.json.tmp"
     tmp.write_text(record.model_dump_json(by_alias=True, indent=2))
     tmp.replace(run_dir / "result.json")

@@ -12,18 +12,18 @@ import contextlib
 import datetime as dt
 import os
 import socket
-from collections.abc import Iterator, Mapping
+import threading
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import httpx
 import kopf
 
 from mlcd.artifacts.credentials import SecretResolver
-from mlcd.domain.lifecycle import Notice
-from mlcd.domain.spec import API_GROUP, API_VERSION
+from mlcd.domain.intents import Notice
+from mlcd.domain.spec import API_GROUP, API_VERSION, TRIGGER_ANNOTATION
 from mlcd.domain.status import ModelPipelineStatus
 from mlcd.errors import PermanentError, TemporaryError
-from mlcd.reconcile import TRIGGER_ANNOTATION
 
 PLURAL = "modelpipelines"
 MERGE_PATCH = {"Content-Type": "application/merge-patch+json"}
@@ -71,31 +71,53 @@ def _temporary(response: httpx.Response, what: str) -> Exception:
         if response.headers.get("content-type", "").startswith("application/json")
         else response.reason_phrase
     )
-    if response.status_code in (400, 401, 403, 404, 422):
+    if response.status_code in (400, 403, 404, 422):
         return PermanentError(f"{what}: {response.status_code} {reason}")
     return TemporaryError(f"{what}: {response.status_code} {reason}", delay=5.0)
 
 
 class Kube:
-    def __init__(self, info: kopf.ConnectionInfo, connections: int = 32) -> None:
-        self.http = httpx.Client(
+    def __init__(
+        self,
+        info: kopf.ConnectionInfo,
+        connections: int = 32,
+        relogin: Callable[[], kopf.ConnectionInfo] | None = None,
+    ) -> None:
+        self.connections = connections
+        self.relogin = relogin
+        self._lock = threading.Lock()
+        self.http = self._client(info)
+        self.default_namespace = info.default_namespace
+
+    def _client(self, info: kopf.ConnectionInfo) -> httpx.Client:
+        return httpx.Client(
             base_url=str(info.server),
             verify=info.as_ssl_context(),
             headers={"Accept": "application/json", **info.as_http_headers()},
             timeout=httpx.Timeout(60.0, connect=10.0),
-            limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
+            limits=httpx.Limits(
+                max_connections=self.connections, max_keepalive_connections=self.connections
+            ),
         )
-        self.default_namespace = info.default_namespace
 
     @classmethod
     def connect(cls, kubeconfig: str | None = None, connections: int = 32) -> Kube:
-        return cls(connection(kubeconfig), connections)
+        return cls(connection(kubeconfig), connections, relogin=lambda: connection(kubeconfig))
 
     def _request(self, method: str, path: str, what: str, **kwargs: Any) -> httpx.Response:
+        http = self.http
         try:
-            return self.http.request(method, path, **kwargs)
+            response = http.request(method, path, **kwargs)
+            if response.status_code == 401 and self.relogin is not None:
+                # A rotated token (a projected ServiceAccount token, a renewed kubeconfig):
+                # log in again as at start, and try once more.
+                with self._lock:
+                    if self.http is http:
+                        self.http = self._client(self.relogin())
+                response = self.http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
             raise TemporaryError(f"{what}: the API server did not answer ({exc})") from exc
+        return response
 
     @staticmethod
     def _path(namespace: str | None, name: str | None = None, sub: str | None = None) -> str:

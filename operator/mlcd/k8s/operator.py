@@ -11,12 +11,12 @@ from typing import Any
 
 import kopf
 
+from mlcd.control.controller import Controller, ControllerSettings
 from mlcd.engines.local import LocalEngine
 from mlcd.k8s.handlers import Memo, register
 from mlcd.k8s.kube import Kube, login
 from mlcd.metrics.operator import OperatorMetrics
 from mlcd.ports import PipelineBackend
-from mlcd.reconcile import Reconciler, ReconcilerSettings
 from mlcd.serving.local import LocalServing
 from mlcd.settings import OperatorSettings
 
@@ -39,8 +39,9 @@ def build_memo(
     kube = Kube.connect(settings.kubeconfig, connections=settings.workers + 4)
     state = settings.state_dir
     state.mkdir(parents=True, exist_ok=True)
-    reconciler = Reconciler(
-        ReconcilerSettings(
+    metrics = OperatorMetrics()
+    controller = Controller(
+        ControllerSettings(
             state_dir=state,
             default_engine=settings.engine,
             max_active_runs=settings.max_active_runs,
@@ -51,8 +52,11 @@ def build_memo(
         clock=file_clock(settings.clock_file)
         if settings.clock_file
         else (lambda: dt.datetime.now(dt.UTC)),
+        metrics=metrics,
     )
-    return Memo(reconciler=reconciler, kube=kube, metrics=OperatorMetrics())
+    return Memo(
+        controller=controller, kube=kube, metrics=metrics, namespaces=list(settings.namespaces)
+    )
 
 
 def run(
@@ -86,7 +90,11 @@ def run(
         settings.posting.reporting_component = "mlcd"
         settings.execution.max_workers = workers
         settings.peering.lifetime = 30
-        settings.watching.server_timeout = 300
+        # A watch that goes silent without an error (kopf #810, #847, #1094) is cut by the
+        # client a little after the server should have ended it, and started again.
+        settings.watching.server_timeout = config.watch_timeout
+        settings.watching.client_timeout = config.watch_timeout + 30
+        settings.watching.connect_timeout = 30
         settings.networking.request_timeout = 60
 
     if config.metrics_port:

@@ -17,6 +17,7 @@ from mlcd.domain.checks import parse_pipeline
 from mlcd.domain.records import STAGES
 from mlcd.domain.spec import ModelPipeline
 from mlcd.pipeline.events import EventLog
+from mlcd.pipeline.isolation import redact_run_text
 
 
 class Baseline(BaseModel):
@@ -29,6 +30,8 @@ class Baseline(BaseModel):
 
 class RunContext(BaseModel):
     run_id: str
+    #: The run across tenants (namespace, pipeline, uid, run id): what publishing is keyed by.
+    run_key: str = ""
     trigger: str = "manual"
     resource: dict[str, Any]
     run_dir: str
@@ -75,7 +78,7 @@ class RunContext(BaseModel):
         try:
             yield outcome
         except BaseException as exc:
-            reason = str(exc) or type(exc).__name__
+            reason = redact_run_text(str(exc) or type(exc).__name__)
             if isinstance(exc, KeyboardInterrupt | SystemExit) and not str(exc):
                 reason = "interrupted"
             outcome.update(status="failed", reason=reason)

@@ -40,7 +40,7 @@ def assemble(
             return RunRecord(result="rejected", stage=stage, reason=record.get("reason"), **fields)
     if "model" in fields:
         # Exported: serving it is the loop's step, not the pipeline's.
-        return RunRecord(result="running", stage="serve", **fields)
+        return RunRecord(result="exported", stage="serve", **fields)
     last: Stage = next((s for s in reversed(STAGES) if s in records), "validate")
     return RunRecord(
         result="failed",

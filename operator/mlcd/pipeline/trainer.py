@@ -24,6 +24,7 @@ from types import FrameType
 from mlcd.domain import metrics_text
 from mlcd.domain.spec import Trainer
 from mlcd.errors import StageFailed
+from mlcd.pipeline.isolation import trainer_environment
 from mlcd.processes import free_port, kill_group
 
 TAIL_LINES = 20
@@ -130,15 +131,17 @@ def run_trainer(
 ) -> TrainerRun:
     """Runs one trainer invocation to the end and collects what it reported."""
     argv = command_line(trainer, args, workers)
-    full_env = {
-        **os.environ,
-        **{e.name: e.value for e in trainer.env},
-        **env,
-        "PATH": _tool_path(),
-        "PYTHONUNBUFFERED": "1",
-        "OMP_NUM_THREADS": str(threads),
-        "MKL_NUM_THREADS": str(threads),
-    }
+    # Untrusted code: the contract's variables and the user's own, nothing of the operator's.
+    full_env = trainer_environment(
+        {e.name: e.value for e in trainer.env},
+        {
+            **env,
+            "PATH": _tool_path(),
+            "PYTHONUNBUFFERED": "1",
+            "OMP_NUM_THREADS": str(threads),
+            "MKL_NUM_THREADS": str(threads),
+        },
+    )
     if workers <= 1:
         full_env.update(
             RANK="0",

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from mlcd.domain.observations import ServingView
 from mlcd.domain.records import ModelRef, RunRecord
 
 
@@ -50,63 +51,109 @@ class ArtifactStore(Protocol):
 
     def uri(self, model: str, version: str | None = None) -> str: ...
 
+    def put_record(self, model: str, path: str, record: dict[str, Any]) -> str:
+        """Writes a run's full record as ``<root>/<model>/runs/<path>.json``; returns where."""
+        ...
+
+
+@dataclass(frozen=True)
+class PipelineKey:
+    """Whose runs and servers these are: every folder, lookup and server is keyed by it, so
+    two tenants with same-named pipelines never meet, nor does a pipeline deleted and created
+    again under the same name meet its predecessor."""
+
+    namespace: str
+    name: str
+    #: The resource's uid in a cluster; empty on one machine.
+    uid: str = ""
+
+    @property
+    def folder(self) -> str:
+        """``<name>`` on one machine, ``<name>-<uid>`` in a cluster."""
+        return f"{self.name}-{self.uid}" if self.uid else self.name
+
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True)
+class RunKey:
+    pipeline: PipelineKey
+    run: str
+    attempt: int = 1
+
+    @property
+    def token(self) -> str:
+        """One string naming the run across tenants (publish idempotency, logs)."""
+        uid = f".{self.pipeline.uid}" if self.pipeline.uid else ""
+        return f"{self.pipeline.namespace}.{self.pipeline.name}{uid}.{self.run}"
+
 
 @dataclass(frozen=True)
 class RunRequest:
     """Everything a backend needs to run the pipeline once."""
 
-    run_id: str
+    key: RunKey
     trigger: str
+    #: The resource as the run uses it (the spec it keeps even if the pipeline changes).
     spec: dict[str, Any]
-    name: str
-    namespace: str
-    base_dir: str
     baseline: dict[str, Any] | None = None
-    #: A retry of a lost run: the same id, a fresh attempt.
-    attempt: int = 1
     #: Extra environment for the run's processes (never secret values: only paths to them).
     env: dict[str, str] = field(default_factory=dict)
 
 
 class PipelineBackend(Protocol):
-    """Where the pipeline runs: submit, observe, cancel. Runs are keyed by run id, so
-    submitting the same id twice starts nothing new."""
+    """Where the pipeline runs: submit, observe, cancel. Runs are keyed by :class:`RunKey`,
+    so submitting the same key twice starts nothing new."""
 
     def submit(self, request: RunRequest) -> None: ...
 
-    def get(self, run_id: str, attempt: int = 1) -> RunRecord | None:
+    def get(self, key: RunKey) -> RunRecord | None:
         """The run's record; ``None`` when the engine has neither a live run nor a result
         for it (never submitted, or its process ended without one: the run is lost)."""
         ...
 
-    def cancel(self, run_id: str, attempt: int = 1) -> None: ...
+    def cancel(self, key: RunKey) -> None: ...
 
-    def resource(self, run_id: str, attempt: int = 1) -> dict[str, Any] | None:
+    def resource(self, key: RunKey) -> dict[str, Any] | None:
         """The resource exactly as the run was submitted with it."""
+        ...
+
+    def live(self, pipeline: PipelineKey) -> list[str]:
+        """Ids of the pipeline's runs the engine is still running."""
+        ...
+
+    def finalize(self, key: RunKey, record: RunRecord) -> None:
+        """The loop's final word on a run (its result after serving); may do nothing."""
         ...
 
 
 class ModelServing(Protocol):
-    """Where a model is served; ``serve`` switches to a version that passed its gate."""
+    """Where a pipeline's model is served; ``serve`` switches to a version that passed its
+    gate. Everything is keyed by the pipeline."""
 
-    def serve(
-        self, model: str, ref: ModelRef, model_dir: pathlib.Path, key: str | None = None
-    ) -> str:
-        """Serves ``model_dir`` as ``model`` (verified against ``ref.sha256``) under ``key``
-        (default: the model name) and returns its URL."""
+    def serve(self, key: PipelineKey, model: str, ref: ModelRef, model_dir: pathlib.Path) -> str:
+        """Serves ``model_dir`` as ``model`` (verified against ``ref.sha256``); returns the
+        URL."""
         ...
 
-    def prepare(self, model: str, key: str | None = None) -> None:
+    def prepare(self, key: PipelineKey, model: str) -> None:
         """Gets ready to serve soon (starts what is slow to start); may do nothing."""
         ...
 
-    def abandon(self, key: str) -> None:
+    def abandon(self, key: PipelineKey) -> None:
         """Undoes :meth:`prepare` when nothing came to be served."""
         ...
 
-    def current(self, key: str) -> ModelRef | None: ...
+    def status(self, key: PipelineKey, model: str) -> ServingView:
+        """What the server itself reports now: ready, and the version it serves."""
+        ...
 
-    def stop(self, key: str) -> None: ...
+    def running(self, key: PipelineKey) -> bool:
+        """Whether anything still runs to serve this pipeline."""
+        ...
+
+    def stop(self, key: PipelineKey) -> None: ...
 
 
 class MetricProvider(Protocol):

@@ -1,5 +1,9 @@
-"""Serving on this machine: one KServe ModelServer process per model, kept running after the
-command that started it returns, switched to a new version in place."""
+"""Serving on this machine: one KServe ModelServer process per pipeline, kept running after
+the command that started it returns, switched to a new version in place.
+
+Servers are keyed by the pipeline (namespace, name and uid), never by the model name alone,
+so two tenants with a model of the same name each get their own server. A server is alive
+only if its pid and start time match what was recorded when it started."""
 
 from __future__ import annotations
 
@@ -16,9 +20,11 @@ from typing import Any
 import httpx
 
 from mlcd.artifacts.hashing import sha256_file
+from mlcd.domain.observations import ServingView
 from mlcd.domain.records import ModelRef
 from mlcd.errors import PermanentError, StageFailed
-from mlcd.processes import alive, free_port, kill_group
+from mlcd.ports import PipelineKey
+from mlcd.processes import alive, free_port, kill_group, start_time
 
 
 @dataclass(frozen=True)
@@ -26,6 +32,12 @@ class ServerInfo:
     pid: int
     port: int
     url: str
+
+
+def _alive(info: dict[str, Any] | None) -> bool:
+    if not info or "pid" not in info:
+        return False
+    return alive(int(info["pid"]), info.get("started"))
 
 
 def _write_json(path: pathlib.Path, data: dict[str, Any]) -> None:
@@ -62,15 +74,15 @@ class LocalServing:
         self.home, self.port, self.host, self.ready_timeout = home, port, host, ready_timeout
         self._children: dict[int, subprocess.Popen[bytes]] = {}
 
-    def _dir(self, key: str) -> pathlib.Path:
-        path = self.home / "serving" / key
+    def _dir(self, key: PipelineKey) -> pathlib.Path:
+        path = self.home / "serving" / key.namespace / key.folder
         path.mkdir(parents=True, exist_ok=True)
         return path
 
-    def running(self, key: str) -> ServerInfo | None:
-        """The live server of ``key`` (a model name, or any name a caller serves it under)."""
+    def server(self, key: PipelineKey) -> ServerInfo | None:
+        """The live, answering server of the pipeline ``key``."""
         info = _read_json(self._dir(key) / "server.json")
-        if not info or not alive(int(info["pid"])):
+        if not info or not _alive(info):
             return None
         try:
             response = httpx.get(f"{info['url']}/v2/health/live", timeout=2.0)
@@ -80,27 +92,42 @@ class LocalServing:
             return None
         return ServerInfo(int(info["pid"]), int(info["port"]), str(info["url"]))
 
-    def current(self, key: str) -> ModelRef | None:
-        if self.running(key) is None:
-            return None
-        served = _read_json(self._dir(key) / "served.json")
-        if not served:
-            return None
-        return ModelRef(
-            uri=str(served.get("uri", served["path"])),
-            version=str(served["version"]),
-            sha256=str(served["sha256"]),
-        )
+    def running(self, key: PipelineKey) -> bool:
+        return _alive(_read_json(self._dir(key) / "server.json"))
 
-    def url(self, key: str) -> str | None:
-        info = self.running(key)
+    def status(self, key: PipelineKey, model: str) -> ServingView:
+        """What the server reports: it answers ready for ``model``, and the version and sha256
+        it loaded (written by the server itself when it loaded them)."""
+        info = self.server(key)
+        if info is None:
+            return ServingView(ready=False, reason="the model server is not running")
+        try:
+            answer = httpx.get(f"{info.url}/v2/models/{model}/ready", timeout=2.0)
+        except httpx.HTTPError as exc:
+            return ServingView(ready=False, url=info.url, reason=f"it does not answer: {exc}")
+        served = _read_json(self._dir(key) / "served.json")
+        ref = None
+        if served and served.get("pid") == info.pid:
+            ref = ModelRef(
+                uri=str(served.get("uri", served.get("path"))),
+                version=str(served["version"]),
+                sha256=str(served["sha256"]),
+            )
+        if answer.status_code != 200:
+            return ServingView(
+                ready=False,
+                ref=ref,
+                url=info.url,
+                reason=f"model {model} is not ready ({answer.status_code})",
+            )
+        return ServingView(ready=True, ref=ref, url=info.url)
+
+    def url(self, key: PipelineKey) -> str | None:
+        info = self.server(key)
         return info.url if info else None
 
-    def serve(
-        self, model: str, ref: ModelRef, model_dir: pathlib.Path, key: str | None = None
-    ) -> str:
+    def serve(self, key: PipelineKey, model: str, ref: ModelRef, model_dir: pathlib.Path) -> str:
         """Serves ``model_dir`` as ``model`` (checked against ``ref.sha256``); returns the URL."""
-        key = key or model
         actual = sha256_file(model_dir / "model.onnx")
         if actual != ref.sha256:
             raise PermanentError(
@@ -115,7 +142,7 @@ class LocalServing:
             {"version": ref.version, "path": str(model_dir), "uri": ref.uri, "sha256": ref.sha256},
         )
         try:
-            info = self.running(key)
+            info = self.server(key)
             if info is None:
                 info = self._start(model, folder)
             else:
@@ -140,16 +167,16 @@ class LocalServing:
         if response.status_code != 200:
             raise StageFailed(f"model server refused the new version: {response.text[:500]}")
 
-    def prepare(self, model: str, key: str | None = None) -> None:
+    def prepare(self, key: PipelineKey, model: str) -> None:
         """Starts a model server ahead of need: it loads its libraries while a run evaluates and
         waits for a model; :meth:`serve` then only loads the model. Nothing if one runs."""
-        folder = self._dir(key or model)
+        folder = self._dir(key)
         old = _read_json(folder / "server.json") or {}
-        if old.get("pid") and alive(int(old["pid"])):
+        if _alive(old):
             return
         self._spawn(model, folder, old)
 
-    def abandon(self, key: str) -> None:
+    def abandon(self, key: PipelineKey) -> None:
         """Stops a server :meth:`prepare` started that never got a model to serve."""
         folder = self._dir(key)
         if not (folder / "served.json").exists():
@@ -177,7 +204,14 @@ class LocalServing:
             )
         # Recorded at once, so a crash while it starts leaves no server nobody knows of.
         _write_json(
-            folder / "server.json", {"pid": process.pid, "port": port, "url": url, "model": model}
+            folder / "server.json",
+            {
+                "pid": process.pid,
+                "started": start_time(process.pid),
+                "port": port,
+                "url": url,
+                "model": model,
+            },
         )
         self._children[process.pid] = process
         return process.pid, url
@@ -185,15 +219,10 @@ class LocalServing:
     def _start(self, model: str, folder: pathlib.Path) -> ServerInfo:
         old = _read_json(folder / "server.json") or {}
         pid = int(old.get("pid") or 0)
-        if (
-            pid
-            and alive(pid)
-            and old.get("model") == model
-            and not (folder / "served.json").exists()
-        ):
+        if _alive(old) and old.get("model") == model and not (folder / "served.json").exists():
             url = str(old["url"])  # prepared earlier: it is waiting for the pointer
         else:
-            if pid and alive(pid):
+            if _alive(old):
                 # Recorded but not answering: a start cut short by a crash, or a hung server.
                 kill_group(pid, grace=10.0)
             pid, url = self._spawn(model, folder, old)
@@ -214,15 +243,23 @@ class LocalServing:
             f"{_tail(folder / 'server.log')}"
         )
 
-    def stop(self, key: str) -> None:
+    def stop(self, key: PipelineKey) -> None:
         folder = self._dir(key)
         info = _read_json(folder / "server.json")
-        if info and alive(int(info["pid"])):
+        if info and _alive(info):
             kill_group(int(info["pid"]), grace=10.0)
         for name in ("server.json", "served.json", "pointer.json"):
             with contextlib.suppress(FileNotFoundError):
                 (folder / name).unlink()
 
-    def models(self) -> list[str]:
+    def keys(self, namespace: str | None = None) -> list[PipelineKey]:
+        """The pipelines this machine has served (one machine: no uid)."""
         root = self.home / "serving"
-        return sorted(d.name for d in root.iterdir() if d.is_dir()) if root.is_dir() else []
+        spaces = [root / namespace] if namespace else sorted(root.glob("*"))
+        return [
+            PipelineKey(space.name, folder.name)
+            for space in spaces
+            if space.is_dir()
+            for folder in sorted(space.iterdir())
+            if folder.is_dir()
+        ]

@@ -23,6 +23,7 @@ def run(ctx: RunContext, model_dir: str) -> str:
         metadata = {
             "model": spec.serving.name,
             "pipeline": f"{ctx.pipeline.namespace}/{ctx.pipeline.name}",
+            "runId": ctx.run_id,
             "trigger": ctx.trigger,
             "params": train.get("params", {}),
             "metrics": evaluate.get("metrics", {}),
@@ -46,7 +47,7 @@ def run(ctx: RunContext, model_dir: str) -> str:
         store = open_store(spec.artifacts)
         ref = store.publish(
             spec.serving.name,
-            ctx.run_id,
+            ctx.run_key or ctx.run_id,
             {"model.onnx": pathlib.Path(model_dir) / "model.onnx"},
             metadata,
         )

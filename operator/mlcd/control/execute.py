@@ -1,0 +1,285 @@
+"""Execute: carries out the decide step's intents, in order, through the ports.
+
+Every intent is idempotent (run ids are deterministic, engines start a key once, publishing
+and serving are keyed by the run), so a pass cut short at any line and repeated does nothing
+twice. What went wrong is returned as outcomes, which the next pass observes; nothing is
+decided here. A temporary failure (a store or an engine that does not answer) is retried with
+backoff, never turned into a failed run.
+"""
+
+from __future__ import annotations
+
+import logging
+import pathlib
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from mlcd.artifacts import open_store
+from mlcd.artifacts.credentials import SecretResolver
+from mlcd.control.credentials import Credentials
+from mlcd.domain.decide import record_path
+from mlcd.domain.intents import (
+    Cancel,
+    Finished,
+    ForgetCredentials,
+    Intent,
+    Notice,
+    Post,
+    Promote,
+    Started,
+    StopServing,
+    Submit,
+)
+from mlcd.domain.lifecycle import MAX_ATTEMPTS
+from mlcd.domain.observations import Done, Outcome, PipelineView
+from mlcd.domain.records import RunRecord
+from mlcd.domain.redact import redact
+from mlcd.domain.spec import ModelPipeline, StorageLocation
+from mlcd.errors import MlcdError, TemporaryError
+from mlcd.metrics.operator import OperatorMetrics
+from mlcd.ports import ModelServing, PipelineBackend, PipelineKey, RunKey, RunRequest
+
+LOG = logging.getLogger("mlcd.operator")
+Post_ = Callable[[Notice], None]
+
+
+@dataclass
+class Backoff:
+    """Exponential delays between retries of one intent after temporary failures."""
+
+    first: float = 2.0
+    most: float = 60.0
+    _next: dict[tuple[str, str], tuple[float, float, Outcome]] = field(default_factory=dict)
+
+    def waiting(self, key: tuple[str, str]) -> Outcome | None:
+        """The last outcome while the delay runs; None when it may be tried now."""
+        entry = self._next.get(key)
+        if entry is None or time.monotonic() >= entry[0]:
+            return None
+        return entry[2]
+
+    def failed(self, key: tuple[str, str], outcome: Outcome) -> None:
+        delay = self._next[key][1] * 2 if key in self._next else self.first
+        delay = min(delay, self.most)
+        self._next[key] = (time.monotonic() + delay, delay, outcome)
+
+    def succeeded(self, key: tuple[str, str]) -> None:
+        self._next.pop(key, None)
+
+
+@dataclass
+class Executor:
+    engines: Mapping[str, PipelineBackend]
+    default_engine: str
+    serving: ModelServing
+    secrets: Callable[[str], SecretResolver]
+    credentials: Credentials
+    #: Where fetched model versions are cached for serving.
+    state_dir: pathlib.Path
+    metrics: OperatorMetrics | None = None
+    backoff: Backoff = field(default_factory=Backoff)
+
+    def engine(self, name: str) -> PipelineBackend:
+        return self.engines.get(name) or self.engines[self.default_engine]
+
+    def execute(
+        self,
+        view: PipelineView,
+        pipeline: ModelPipeline | None,
+        resource: dict[str, Any],
+        intents: list[Intent],
+        post: Post_ | None = None,
+        masks: tuple[str, ...] = (),
+    ) -> tuple[Outcome, ...]:
+        key = PipelineKey(view.namespace, view.name, view.uid)
+        outcomes: list[Outcome] = []
+        for intent in intents:
+            try:
+                outcome = self._one(key, view, pipeline, resource, intent, post)
+            except (MlcdError, OSError, httpx.HTTPError) as exc:
+                outcome = _failed(intent, exc)
+            if outcome is not None:
+                if not outcome.ok:
+                    outcome = Outcome(
+                        outcome.kind,
+                        outcome.run,
+                        False,
+                        outcome.temporary,
+                        redact(outcome.message, masks),
+                    )
+                    LOG.warning("%s: %s %s: %s", key, outcome.kind, outcome.run, outcome.message)
+                outcomes.append(outcome)
+        return tuple(outcomes)
+
+    def _one(
+        self,
+        key: PipelineKey,
+        view: PipelineView,
+        pipeline: ModelPipeline | None,
+        resource: dict[str, Any],
+        intent: Intent,
+        post: Post_ | None,
+    ) -> Outcome | None:
+        if isinstance(intent, Post):
+            if post is not None:
+                try:
+                    post(intent.notice)
+                except TemporaryError as exc:
+                    LOG.warning("could not post %s for %s: %s", intent.notice.reason, key, exc)
+            return None
+        if isinstance(intent, Submit):
+            return self._submit(key, view, pipeline, resource, intent)
+        if isinstance(intent, Cancel):
+            engine = self.engine(intent.run.engine)
+            for attempt in range(1, max(intent.run.attempt, MAX_ATTEMPTS) + 1):
+                engine.cancel(RunKey(key, intent.run.id, attempt))
+            return Outcome(Done.CANCEL, intent.run.id, True)
+        if isinstance(intent, Promote):
+            return self._promote(key, view, pipeline, intent)
+        if isinstance(intent, Finished):
+            self._finished(key, view, pipeline, intent)
+            return None
+        if isinstance(intent, Started):
+            if self.metrics is not None:
+                self.metrics.started(key.namespace, key.name, intent.run.trigger)
+            return None
+        if isinstance(intent, ForgetCredentials):
+            self.credentials.forget(key, intent.run)
+            return None
+        if isinstance(intent, StopServing):
+            self.serving.stop(key)
+            return Outcome(Done.STOP_SERVING, None, True)
+        raise TypeError(f"unknown intent {intent!r}")
+
+    def artifacts(self, view: PipelineView, pipeline: ModelPipeline | None) -> StorageLocation:
+        if pipeline is not None and pipeline.spec.artifacts is not None:
+            return pipeline.spec.artifacts
+        return StorageLocation(uri=view.default_artifacts)
+
+    def _submit(
+        self,
+        key: PipelineKey,
+        view: PipelineView,
+        pipeline: ModelPipeline | None,
+        resource: dict[str, Any],
+        intent: Submit,
+    ) -> Outcome:
+        if pipeline is None:
+            return Outcome(Done.SUBMIT, intent.run.id, False, False, "the spec is invalid")
+        resource = {**resource, "spec": dict(resource["spec"])}
+        if not resource["spec"].get("artifacts"):
+            resource["spec"]["artifacts"] = {"uri": view.default_artifacts}
+        baseline = None
+        resolve = self.secrets(key.namespace)
+        if intent.baseline is not None:
+            store = open_store(self.artifacts(view, pipeline), resolve)
+            meta = store.metadata(pipeline.spec.serving.name, intent.baseline.version) or {}
+            baseline = {
+                "version": intent.baseline.version,
+                "metrics": meta.get("metrics") or intent.baseline.metrics,
+                "data_stats": (meta.get("dataset") or {}).get("stats"),
+            }
+        names = [
+            location.credentials_secret_ref.name
+            for location in (pipeline.spec.dataset, pipeline.spec.artifacts)
+            if location is not None and location.credentials_secret_ref is not None
+        ]
+        folder = self.credentials.materialize(key, intent.run.id, names, resolve)
+        self.engine(intent.run.engine).submit(
+            RunRequest(
+                key=RunKey(key, intent.run.id, intent.run.attempt),
+                trigger=intent.run.trigger,
+                spec=resource,
+                baseline=baseline,
+                env={"MLCD_SECRETS_DIR": str(folder)},
+            )
+        )
+        return Outcome(Done.SUBMIT, intent.run.id, True)
+
+    def _promote(
+        self,
+        key: PipelineKey,
+        view: PipelineView,
+        pipeline: ModelPipeline | None,
+        intent: Promote,
+    ) -> Outcome:
+        retry = (key.namespace + "/" + key.folder, intent.run.id)
+        waiting = self.backoff.waiting(retry)
+        if waiting is not None:
+            return waiting
+        model = pipeline.spec.serving.name if pipeline is not None else ""
+        try:
+            store = open_store(self.artifacts(view, pipeline), self.secrets(key.namespace))
+            cache = self.state_dir / "serving" / key.namespace / key.folder / "versions"
+            model_dir = store.fetch(model, intent.model.version, cache)
+            self.serving.serve(key, model, intent.model, model_dir)
+        except (MlcdError, OSError, httpx.HTTPError) as exc:
+            outcome = _failed(intent, exc)
+            if outcome.temporary:
+                self.backoff.failed(retry, outcome)
+            return outcome
+        self.backoff.succeeded(retry)
+        return Outcome(Done.PROMOTE, intent.run.id, True)
+
+    def _finished(
+        self,
+        key: PipelineKey,
+        view: PipelineView,
+        pipeline: ModelPipeline | None,
+        intent: Finished,
+    ) -> None:
+        """Keeps the run's full record beside the model and counts it. A record that cannot
+        be written now stays in the engine's own store; the run is not held up for it."""
+        summary = intent.summary
+        run_key = RunKey(key, intent.run.id, intent.run.attempt)
+        engine = self.engine(intent.run.engine)
+        try:
+            record = engine.get(run_key)
+        except MlcdError:
+            record = None
+        base = record or RunRecord(id=summary.id, trigger=summary.trigger)
+        reason = summary.reason
+        if reason and reason.endswith("(see the record)") and base.reason:
+            reason = base.reason  # the status keeps it short; the record keeps it whole
+        final = base.model_copy(
+            update={
+                "result": summary.result,
+                "stage": summary.stage,
+                "reason": reason,
+                "started_at": summary.started_at,
+                "finished_at": summary.finished_at,
+                "children": {**base.children, **intent.run.children},
+            }
+        )
+        try:
+            engine.finalize(run_key, final)
+        except (MlcdError, OSError) as exc:
+            LOG.warning("%s: could not finalize run %s: %s", key, summary.id, exc)
+        if pipeline is not None:
+            try:
+                store = open_store(self.artifacts(view, pipeline), self.secrets(key.namespace))
+                store.put_record(
+                    pipeline.spec.serving.name,
+                    record_path(key.namespace, key.name, key.uid, summary.id),
+                    {
+                        **final.model_dump(by_alias=True, mode="json"),
+                        "pipeline": {"namespace": key.namespace, "name": key.name, "uid": key.uid},
+                        "attempt": summary.attempt,
+                    },
+                )
+            except (MlcdError, OSError) as exc:
+                LOG.warning("%s: could not keep the record of run %s: %s", key, summary.id, exc)
+        if self.metrics is not None:
+            self.metrics.finished(key.namespace, key.name, final)
+
+
+def _failed(intent: Intent, exc: BaseException) -> Outcome:
+    kinds = {Submit: Done.SUBMIT, Promote: Done.PROMOTE, Cancel: Done.CANCEL}
+    kind = kinds.get(type(intent), Done.STOP_SERVING)
+    run = getattr(getattr(intent, "run", None), "id", None)
+    temporary = isinstance(exc, TemporaryError | OSError | httpx.HTTPError)
+    return Outcome(kind, run, False, temporary, str(exc) or type(exc).__name__)
