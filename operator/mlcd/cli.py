@@ -348,7 +348,7 @@ def cmd_down(args: argparse.Namespace, out: Console) -> int:
 
     settings = LocalSettings()
     serving = LocalServing(settings.home, port=settings.serving_port)
-    keys = [PipelineKey(args.namespace, args.name)] if args.name else serving.keys()
+    keys = [PipelineKey(args.namespace, args.name)] if args.name else serving.pipelines()
     for key in keys:
         if serving.running(key):
             serving.stop(key)

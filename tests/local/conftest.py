@@ -26,5 +26,5 @@ def home(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[pa
     monkeypatch.setenv("MLCD_SERVING_PORT", "0")
     yield path
     serving = LocalServing(path)
-    for key in serving.keys():
+    for key in serving.pipelines():
         serving.stop(key)

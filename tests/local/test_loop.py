@@ -75,7 +75,8 @@ def test_first_run_is_served_and_an_impossible_gate_keeps_it(home, digits, tmp_p
     assert sorted(d for d in os.listdir(home / "models" / "digits") if d.isdigit()) == ["1"]
     # Each run's full record is kept beside the model, linked from its summary.
     records = home / "models" / "digits" / "runs" / "default" / "digits"
-    assert sorted(p.stem for p in records.glob("*.json")) == sorted([out["run"], second.json["run"]])
+    kept = sorted(p.stem for p in records.glob("*.json"))
+    assert kept == sorted([out["run"], second.json["run"]])
     assert second.json["record"] == str(records / f"{second.json['run']}.json")
     kept = json.loads((records / f"{second.json['run']}.json").read_text())
     assert kept["result"] == "rejected" and kept["gate"]["checks"]

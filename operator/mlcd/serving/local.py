@@ -252,7 +252,7 @@ class LocalServing:
             with contextlib.suppress(FileNotFoundError):
                 (folder / name).unlink()
 
-    def keys(self, namespace: str | None = None) -> list[PipelineKey]:
+    def pipelines(self, namespace: str | None = None) -> list[PipelineKey]:
         """The pipelines this machine has served (one machine: no uid)."""
         root = self.home / "serving"
         spaces = [root / namespace] if namespace else sorted(root.glob("*"))
