@@ -85,6 +85,9 @@ def _parser() -> argparse.ArgumentParser:
     op.add_argument("--priority", type=int, help="priority among peers (MLCD_PRIORITY)")
     op.add_argument("--liveness", help="liveness endpoint URL (MLCD_LIVENESS)")
     op.add_argument("--kubeconfig", help="kubeconfig file (KUBECONFIG)")
+    op.add_argument(
+        "--watch-timeout", type=int, help="seconds a watch stream lasts (MLCD_WATCH_TIMEOUT)"
+    )
 
     get = sub.add_parser("get", help="list ModelPipelines in the cluster")
     get.add_argument("name", nargs="?")
@@ -378,6 +381,7 @@ def cmd_operator(args: argparse.Namespace) -> int:
         "priority": args.priority,
         "liveness": args.liveness,
         "kubeconfig": args.kubeconfig,
+        "watch_timeout": args.watch_timeout,
     }
     settings = dataclasses.replace(
         OperatorSettings(), **{k: v for k, v in flags.items() if v is not None}

@@ -59,8 +59,8 @@ class OperatorSettings:
     tick: float = field(default_factory=lambda: float(os.environ.get("MLCD_TICK", "10")))
     #: Seconds a watch request asks the API server to keep its stream open; the client gives
     #: up 30 s later, so a stream that goes silent is restarted (``MLCD_WATCH_TIMEOUT``).
-    watch_timeout: float = field(
-        default_factory=lambda: float(os.environ.get("MLCD_WATCH_TIMEOUT", "300"))
+    watch_timeout: int = field(
+        default_factory=lambda: int(os.environ.get("MLCD_WATCH_TIMEOUT", "300"))
     )
     #: Threads for handlers (``MLCD_WORKERS``).
     workers: int = field(default_factory=lambda: int(os.environ.get("MLCD_WORKERS", "16")))

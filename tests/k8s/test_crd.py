@@ -17,9 +17,9 @@ from croniter import croniter
 from kubernetes import client
 
 from mlcd.domain.checks import parse_pipeline
-from mlcd.domain.records import GateVerdict, ModelRef, RunRecord, ServingRecord
+from mlcd.domain.records import DataReport, GateVerdict, ModelRef, RunRecord, ServingRecord
 from mlcd.domain.spec import ModelPipelineSpec, Parameter, Tuning
-from mlcd.domain.status import Condition, ModelPipelineStatus
+from mlcd.domain.status import Condition, CurrentRun, ModelPipelineStatus, summarize
 from mlcd.k8s.crd import CRON, FILE_NAME, NAME, NUMBER, custom_resource_definition, render
 from testenv.cluster import Cluster
 
@@ -249,6 +249,20 @@ def a_status() -> ModelPipelineStatus:
         gate=verdict,
         model=ModelRef(uri="s3://models/mnist/v3/model.onnx", version="v3", sha256="ab" * 32),
         timings={"train": 812.5},
+        data=DataReport(ok=True, samples=4000, drift={"feature-psi": 0.01}, version="v1"),
+    )
+    # Every field set: a field the generated schema lacked would be pruned (kopf #574) and
+    # this round trip would fail.
+    summary = summarize(run, "promoted", attempt=2, link="s3://models/mnist/runs/a/b/r.json")
+    active = CurrentRun(
+        id="mnist-m1",
+        trigger="manual",
+        stage="serve",
+        started_at="2026-01-02T03:00:00Z",
+        attempt=1,
+        engine="local",
+        message="serving it is retried: object store unreachable",
+        children={"kfpRun": "run-1"},
     )
     return ModelPipelineStatus(
         phase="Ready",
@@ -263,7 +277,11 @@ def a_status() -> ModelPipelineStatus:
             )
         ],
         next_schedule_time="2030-01-02T03:00:00Z",
-        runs=[run],
+        last_schedule_time="2030-01-01T03:00:00Z",
+        active_runs=[active],
+        runs=[summary],
+        dataset_version="version:1",
+        handled_trigger="2026-01-02T03:00:00.000001",
         serving=ServingRecord(
             model="mnist",
             version="v3",

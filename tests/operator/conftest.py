@@ -167,12 +167,9 @@ def start_operator(
 
     for process in started:
         # Runs outlive their operator by design; a test's do not outlive the test.
-        engine = LocalEngine(process.state)
-        for run_dir in engine.root.glob("*/*"):
-            name, _, attempt = run_dir.name.partition(".attempt-")
-            engine.cancel(name, int(attempt or 1), grace=5.0)
+        LocalEngine(process.state).cancel_everything(grace=5.0)
         serving = LocalServing(process.state)
-        for key in serving.models():
+        for key in serving.pipelines():
             serving.stop(key)
         if failed is not None and failed.failed:
             print(f"--- {process.log} ---\n{process.tail(200)}")
@@ -248,6 +245,14 @@ class Pipelines:
 
 @pytest.fixture
 def pipelines(mlcd_cluster: Cluster) -> Iterator[Pipelines]:
+    namespace = mlcd_cluster.create_namespace(prefix="mp-")
+    yield Pipelines(mlcd_cluster, namespace)
+    mlcd_cluster.delete_namespace(namespace)
+
+
+@pytest.fixture
+def other_tenant(mlcd_cluster: Cluster) -> Iterator[Pipelines]:
+    """ModelPipelines in a second namespace, for tests of two tenants."""
     namespace = mlcd_cluster.create_namespace(prefix="mp-")
     yield Pipelines(mlcd_cluster, namespace)
     mlcd_cluster.delete_namespace(namespace)

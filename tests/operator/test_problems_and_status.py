@@ -4,7 +4,9 @@ written over; spec changes mid-run and deletion behave as documented."""
 from __future__ import annotations
 
 import json
+import os
 import pathlib
+import signal
 import time
 
 import httpx
@@ -138,8 +140,9 @@ def test_a_stale_status_write_is_retried_and_loses_nothing(
         conflicts = memo.metrics.errors.labels("conflict")._value.get()
         assert conflicts == 1
     finally:
-        for run in pipelines.status("digits").get("activeRuns", []):
-            memo.reconciler.engines["local"].cancel(run["id"])
+        from mlcd.engines.local import LocalEngine
+
+        LocalEngine(tmp_path / "state").cancel_everything(grace=5.0)
         pipelines.delete("digits")  # no operator ran: no finalizer holds it
 
 
@@ -167,6 +170,13 @@ def test_spec_changes_apply_to_the_next_run_and_deletion_keeps_artifacts(
 
     url = pipelines.status("digits")["serving"]["url"]
     assert httpx.get(f"{url}/v2/health/ready", timeout=5).status_code == 200
+
+    # Ready is what the server reports, not what was recorded: a dead server is not Ready.
+    [server] = (state / "serving" / pipelines.namespace).glob("*/server.json")
+    os.killpg(json.loads(server.read_text())["pid"], signal.SIGKILL)
+    down = pipelines.wait_condition("digits", "Ready", "False", timeout=60)
+    assert down["reason"] == "ServerNotReady", down
+    assert "ServerNotReady" in pipelines.reasons("digits")
     pipelines.delete("digits")
 
     def gone() -> bool:
@@ -180,4 +190,4 @@ def test_spec_changes_apply_to_the_next_run_and_deletion_keeps_artifacts(
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"{url}/v2/health/ready", timeout=2)
     models = pathlib.Path(state / "models" / pipelines.namespace / "digits")
-    assert sorted(p.name for p in models.iterdir()) == ["1", "2"]
+    assert sorted(p.name for p in models.iterdir() if p.name.isdigit()) == ["1", "2"]

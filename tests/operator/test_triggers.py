@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import base64
 import io
+import json
+import pathlib
 import time
 
 from kubernetes import client
 
 from helpers import mlcd, softmax_pipeline, wait_for
+from mlcd.processes import alive, start_time
 
 
 def test_on_demand_runs_start_once_per_trigger(
@@ -81,7 +84,7 @@ def test_schedule_forbid_replace_suspend_and_outage(
         timeout=60,
     )
     replaced = pipelines.status("digits")["runs"][-1]
-    assert replaced["id"] == "digits-s20300101000000" and replaced["result"] == "failed"
+    assert replaced["id"] == "digits-s20300101000000" and replaced["result"] == "cancelled"
     assert "replaced by run digits-s20300101002000" in replaced["reason"]
 
     # Suspended: time passes, nothing fires, and no next run is announced.
@@ -103,15 +106,38 @@ def test_schedule_forbid_replace_suspend_and_outage(
         timeout=30,
     )
 
-    # Deleting the pipeline stops its run.
-    run_dir = next((tmp_path / "state" / "runs" / pipelines.namespace).iterdir())
+    # Deleting the pipeline stops its run: every process of it has ended by the time the
+    # finalizer lets the object go.
+    state = tmp_path / "state" / "runs" / pipelines.namespace
+    [run_dir] = [d for d in state.glob("*/*") if d.name == "digits-s20300101002000"]
+    wait_for("its trials", lambda: len(list((run_dir / "procs").glob("*.pgid"))) >= 2)
+    processes = _processes(run_dir)
+    assert len(processes) >= 2  # the run's process and its trials
+    assert all(alive(pid, started) for pid, started in processes)
     pipelines.delete("digits")
-    wait_for(
-        "the run's result after deletion",
-        lambda: list((tmp_path / "state" / "runs" / pipelines.namespace).glob("*/result.json")),
-        timeout=60,
-    )
-    assert run_dir.exists()
+    wait_for("the pipeline to be gone", lambda: not _exists(pipelines, "digits"), timeout=60)
+    assert [p for p in processes if alive(*p)] == []
+    assert run_dir.exists()  # what the run wrote is kept
+
+
+def _processes(run_dir: pathlib.Path) -> list[tuple[int, int | None]]:
+    """The run's own process and its trainers' process groups, with their start times."""
+    runner = json.loads((run_dir / "runner.json").read_text())
+    found = [(int(runner["pid"]), runner.get("started"))]
+    for marker in (run_dir / "procs").glob("*.pgid"):
+        pid = int(marker.read_text())
+        found.append((pid, start_time(pid)))
+    return found
+
+
+def _exists(pipelines, name: str) -> bool:
+    try:
+        pipelines.get(name)
+    except client.ApiException as exc:
+        if exc.status == 404:
+            return False
+        raise
+    return True
 
 
 def _put(minio, key: str, data: bytes) -> str:

@@ -4,7 +4,9 @@ It follows the trainer contract like any user's trainer, without torch, so the l
 run in seconds. ``--fault=NAME`` makes it misbehave the way a user's code can:
 ``trial-crash`` (trials exit 1 when lr > 0.5), ``trial-crash-all``, ``train-crash``,
 ``no-metrics``, ``no-model``, ``parity`` (evaluation outputs differ from the ONNX model's),
-``sleep`` (trials sleep for an hour).
+``sleep`` (trials sleep for an hour), ``leak`` (training writes its whole environment to
+``$ENV_DUMP`` as JSON, prints the contents of ``$LEAK_FILE`` to stderr and fails: a trainer
+that got hold of a secret and shows it).
 """
 
 from __future__ import annotations
@@ -115,6 +117,13 @@ def main() -> int:
         if args.fault == "trial-crash-all" or (args.fault == "trial-crash" and args.lr > 0.5):
             print("Traceback (most recent call last):\nValueError: lr too high", file=sys.stderr)
             return 1
+    if stage == "train" and args.fault == "leak":
+        pathlib.Path(os.environ["ENV_DUMP"]).write_text(json.dumps(dict(os.environ)))
+        print(
+            f"cannot reach the store with {pathlib.Path(os.environ['LEAK_FILE']).read_text()}",
+            file=sys.stderr,
+        )
+        return 2
     if stage == "train" and args.fault == "train-crash":
         print("RuntimeError: worker lost", file=sys.stderr)
         return 3

@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 
+from mlcd import failpoints
 from mlcd.artifacts import open_store
 from mlcd.artifacts.credentials import SecretResolver
 from mlcd.control.credentials import Credentials
@@ -128,7 +129,9 @@ class Executor:
             if post is not None:
                 try:
                     post(intent.notice)
-                except TemporaryError as exc:
+                except MlcdError as exc:
+                    # An Event that cannot be posted (the namespace is going away, the API
+                    # server is busy) loses no decision: the status records it.
                     LOG.warning("could not post %s for %s: %s", intent.notice.reason, key, exc)
             return None
         if isinstance(intent, Submit):
@@ -198,6 +201,7 @@ class Executor:
                 env={"MLCD_SECRETS_DIR": str(folder)},
             )
         )
+        failpoints.hit("after-submit")  # the run is started, its status not yet written
         return Outcome(Done.SUBMIT, intent.run.id, True)
 
     def _promote(
@@ -278,8 +282,13 @@ class Executor:
 
 
 def _failed(intent: Intent, exc: BaseException) -> Outcome:
-    kinds = {Submit: Done.SUBMIT, Promote: Done.PROMOTE, Cancel: Done.CANCEL}
-    kind = kinds.get(type(intent), Done.STOP_SERVING)
+    kinds = {
+        Submit: Done.SUBMIT,
+        Promote: Done.PROMOTE,
+        Cancel: Done.CANCEL,
+        StopServing: Done.STOP_SERVING,
+    }
+    kind = kinds.get(type(intent), Done.OTHER)
     run = getattr(getattr(intent, "run", None), "id", None)
     temporary = isinstance(exc, TemporaryError | OSError | httpx.HTTPError)
     return Outcome(kind, run, False, temporary, str(exc) or type(exc).__name__)

@@ -83,6 +83,7 @@ class Done(StrEnum):
     PROMOTE = "promote"
     CANCEL = "cancel"
     STOP_SERVING = "stop-serving"
+    OTHER = "other"  # forgetting credentials, keeping a record: nothing waits on them
 
 
 @dataclass(frozen=True)

@@ -161,8 +161,16 @@ class LocalEngine:
 
     def cancel(self, key: RunKey, grace: float = 10.0) -> None:
         folder = self.find(key)
-        if folder is None:
-            return
+        if folder is not None:
+            self._stop(folder, grace)
+
+    def cancel_everything(self, grace: float = 10.0) -> None:
+        """Stops every run this engine's state folder knows of, of every pipeline."""
+        for folder in sorted(self.root.glob("*/*/*")):
+            if folder.is_dir():
+                self._stop(folder, grace)
+
+    def _stop(self, folder: pathlib.Path, grace: float) -> None:
         runner = _read_json(folder / "runner.json") or {}
         pid, started = runner.get("pid"), runner.get("started")
         if pid and alive(int(pid), started):

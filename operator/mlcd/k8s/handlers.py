@@ -131,11 +131,14 @@ def register(registry: kopf.OperatorRegistry, tick: float) -> None:
     """Adds mlcd's handlers to ``registry``; runs in progress are looked at every ``tick``."""
     resource = (API_GROUP, API_VERSION, PLURAL)
 
-    @kopf.on.startup(registry=registry)
+    @kopf.on.startup(registry=registry, retries=30, backoff=2)
     def count_runs(memo: Any, **_: Any) -> None:
         # After a restart the capacity counts what already runs, before any pass starts more.
-        for namespace in memo.namespaces or [None]:
-            memo.controller.seed(memo.kube.items(namespace))
+        try:
+            for namespace in memo.namespaces or [None]:
+                memo.controller.seed(memo.kube.items(namespace))
+        except TemporaryError as exc:
+            raise kopf.TemporaryError(f"counting the runs in progress: {exc}", delay=2) from exc
 
     @kopf.on.event(*resource, id="reconcile-on-change", registry=registry)
     def on_event(body: kopf.Body, type: str | None, memo: Any, logger: Log, **_: Any) -> None:

@@ -44,7 +44,7 @@ TRAINER_PREFIXES = ("LC_", "CUDA_", "NVIDIA_", "NCCL_", "GLOO_", "TORCH_")
 #: The run's process also reads the stores: the documented fallback keys and endpoint, and
 #: the share of cores it may use.
 RUNNER_PREFIXES = ("LC_", "AWS_")
-RUNNER_EXTRA = frozenset({"MLCD_CPUS", "MLCD_FAILPOINTS"})
+RUNNER_EXTRA = frozenset({"MLCD_CPUS"})
 
 
 def _allowed(prefixes: tuple[str, ...], extra: frozenset[str] = frozenset()) -> dict[str, str]:
