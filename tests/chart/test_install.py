@@ -94,10 +94,14 @@ def test_the_chart_installs_and_its_pod_is_admitted(cluster, mode):
             *[a for s in sets for a in ("--set", s)],
             "--wait=false",
         )
-        pods = wait_for(
-            f"{release}'s operator pods", lambda: admitted_pods(cluster, namespace), timeout=60
-        )
-        assert len(pods) == max(1, values.get("replicas", 1))
+        replicas = max(1, values.get("replicas", 1))
+
+        def all_pods() -> list[Any]:
+            pods = admitted_pods(cluster, namespace)
+            return pods if len(pods) >= replicas else []
+
+        pods = wait_for(f"{replicas} operator pods of {release}", all_pods, timeout=60)
+        assert len(pods) == replicas
         assert refusals(cluster, namespace) == []
         for pod in pods:
             assert pod.spec.service_account_name == release
