@@ -64,20 +64,22 @@ def unlabelled(doc: dict[str, Any]) -> dict[str, Any]:
     return {**doc, "metadata": meta}
 
 
+def both(render, pair: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """What kustomize builds and what the chart renders, for one of PAIRS."""
+    overlay, components, mode, sets = PAIRS[pair]
+    return kustomize(overlay, components), render(mode, *sets)
+
+
 @pytest.mark.parametrize("pair", PAIRS)
 def test_kustomize_renders_the_rbac_of_the_chart(render, pair):
-    overlay, components, mode, sets = PAIRS[pair]
-    built = kustomize(overlay, components)
-    chart = render(mode, *sets)
+    built, chart = both(render, pair)
     assert rbac(built) == rbac(chart)
     assert rbac(built), "no RBAC rendered"
 
 
 @pytest.mark.parametrize("pair", PAIRS)
 def test_kustomize_runs_the_operator_as_the_chart_does(render, pair):
-    overlay, components, mode, sets = PAIRS[pair]
-    built = kustomize(overlay, components)
-    chart = render(mode, *sets)
+    built, chart = both(render, pair)
     assert pod_spec(built) == pod_spec(chart)
     assert (
         one(built, "Deployment")["spec"]["strategy"] == one(chart, "Deployment")["spec"]["strategy"]
