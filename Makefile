@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DATASET := examples/mnist/data/mnist.npz
 
-.PHONY: run test env components lint pytest crd
+.PHONY: run test env components lint pytest crd docs
 
 run: env $(DATASET)
 	$(BIN)/mlcd run examples/mnist/modelpipeline.yaml
@@ -23,14 +23,21 @@ $(DATASET): | env
 	$(BIN)/mnist-dataset $(DATASET)
 
 lint: env
-	$(BIN)/ruff check operator tests examples benchmarks
-	$(BIN)/ruff format --check operator tests examples benchmarks
+	$(BIN)/ruff check operator tests examples benchmarks hack/generate.py
+	$(BIN)/ruff format --check operator tests examples benchmarks hack/generate.py
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
 pytest: env
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-# The CRD is generated from the models; a test fails when the checked-in file drifts.
+# The CRD is generated from the models; a test fails when the checked-in file drifts. The chart's
+# copy and docs/reference.md follow it.
 crd: env
 	$(BIN)/python -m mlcd.k8s.crd --output crds/mlcd.io_modelpipelines.yaml
+	$(BIN)/python hack/generate.py crds reference
+
+# Files generated from others (hack/generate.py): the chart's CRDs and values table,
+# docs/reference.md, deploy/components/monitoring. tests/chart fails when one drifts.
+docs: env
+	$(BIN)/python hack/generate.py

@@ -1,4 +1,5 @@
-"""The operator against the real API server, run as its own ServiceAccount (deploy/rbac.yaml)."""
+"""The operator against the real API server, run as its own ServiceAccount (deploy/: the
+cluster-wide overlay with the peering component)."""
 
 from __future__ import annotations
 
@@ -17,10 +18,21 @@ from kubernetes import client
 
 from helpers import wait_for
 from testenv.cluster import Cluster
+from testenv.manifests import kustomize
 from testenv.proc import free_port
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 GROUP, VERSION, PLURAL = "mlcd.io", "v1alpha1", "modelpipelines"
+# What of deploy/ the tests install: the operator's identity and permissions, not its pod.
+INSTALLED_KINDS = {
+    "Namespace",
+    "ServiceAccount",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "Role",
+    "RoleBinding",
+    "ClusterKopfPeering",
+}
 
 
 @pytest.fixture(scope="session")
@@ -28,8 +40,10 @@ def mlcd_cluster(apiserver: Cluster) -> Cluster:
     """The CRD, the operator's namespace, ServiceAccount, RBAC and peering objects."""
     apiserver.install_crds(ROOT / "crds")
     apiserver.install_crds(ROOT / "deploy" / "crds")
-    for name in ("namespace.yaml", "peering.yaml", "rbac.yaml"):
-        apiserver.kubectl("apply", "-f", str(ROOT / "deploy" / name))
+    overlay = ROOT / "deploy" / "overlays" / "cluster-wide"
+    manifests = kustomize(overlay, [ROOT / "deploy" / "components" / "peering"])
+    wanted = [m for m in manifests if m["kind"] in INSTALLED_KINDS]
+    apiserver.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(wanted))
     apiserver.wait_service_account("mlcd-system", "mlcd-operator")
     return apiserver
 

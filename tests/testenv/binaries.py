@@ -21,6 +21,8 @@ BINARIES: dict[str, str] = {
     "kwok-stages": "MLCD_KWOK_STAGES",
     "minio": "MLCD_MINIO",
     "helm": "MLCD_HELM",
+    "kubeconform": "MLCD_KUBECONFORM",
+    "monitoring-crds": "MLCD_MONITORING_CRDS",
     "prometheus": "MLCD_PROMETHEUS",
     "haproxy": "MLCD_HAPROXY",
 }

@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from mlcd.domain.records import RunRecord
+from mlcd.domain.records import RunRecord, RunResult
 from mlcd.domain.status import ModelPipelineStatus
 
 _STAGE_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 3600, 7200)
+# Series exist at 0 before their first event, so rate() and increase() see the first one.
+_RESULTS = tuple(r for r in get_args(RunResult) if r != "running")
+_VERDICTS = ("passed", "failed")
+ERROR_KINDS = ("temporary", "permanent", "conflict", "unexpected")
+
+
+def _timestamp(text: str | None) -> float | None:
+    if not text:
+        return None
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
 class OperatorMetrics:
@@ -68,6 +79,20 @@ class OperatorMetrics:
             ["kind"],
             registry=r,
         )
+        for kind in ERROR_KINDS:
+            self.errors.labels(kind)
+        self.last_schedule = Gauge(
+            "mlcd_last_schedule_timestamp_seconds",
+            "The last time of the pipeline's schedule that passed (Unix time).",
+            ["namespace", "pipeline"],
+            registry=r,
+        )
+        self.next_schedule = Gauge(
+            "mlcd_next_schedule_timestamp_seconds",
+            "The next time of the pipeline's schedule (Unix time).",
+            ["namespace", "pipeline"],
+            registry=r,
+        )
         self.reconciles = Histogram(
             "mlcd_reconcile_duration_seconds",
             "How long one reconcile took.",
@@ -80,6 +105,10 @@ class OperatorMetrics:
 
     def started(self, namespace: str, pipeline: str, trigger: str) -> None:
         self.runs_started.labels(namespace, pipeline, trigger).inc()
+        for result in _RESULTS:
+            self.runs.labels(namespace, pipeline, trigger, result)
+        for verdict in _VERDICTS:
+            self.gate.labels(namespace, pipeline, verdict)
 
     def finished(self, namespace: str, pipeline: str, record: RunRecord) -> None:
         self.runs.labels(namespace, pipeline, record.trigger, record.result).inc()
@@ -99,9 +128,29 @@ class OperatorMetrics:
             self.serving_version.labels(namespace, pipeline).set(float(status.serving.version))
             for name, value in status.serving.metrics.items():
                 self.serving_metric.labels(namespace, pipeline, name).set(value)
+        # From the status too, so a restarted operator reports what it knew before.
+        promoted = [
+            when
+            for run in status.runs
+            if run.result == "promoted" and (when := _timestamp(run.finished_at)) is not None
+        ]
+        if promoted:
+            self.last_success.labels(namespace, pipeline).set(max(promoted))
+        for gauge, text in (
+            (self.last_schedule, status.last_schedule_time),
+            (self.next_schedule, status.next_schedule_time),
+        ):
+            if (when := _timestamp(text)) is not None:
+                gauge.labels(namespace, pipeline).set(when)
 
     def forget(self, namespace: str, pipeline: str) -> None:
-        for gauge in (self.active, self.serving_version, self.last_success):
+        for gauge in (
+            self.active,
+            self.serving_version,
+            self.last_success,
+            self.last_schedule,
+            self.next_schedule,
+        ):
             try:
                 gauge.remove(namespace, pipeline)
             except KeyError:
