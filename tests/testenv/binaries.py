@@ -23,6 +23,10 @@ BINARIES: dict[str, str] = {
     "helm": "MLCD_HELM",
     "prometheus": "MLCD_PROMETHEUS",
     "haproxy": "MLCD_HAPROXY",
+    "training-operator": "MLCD_TRAINING_OPERATOR",
+    "jobset": "MLCD_JOBSET",
+    "trainer": "MLCD_TRAINER",
+    "katib-crds": "MLCD_KATIB_CRDS",
 }
 
 
