@@ -98,6 +98,12 @@ class RunRecord(Model):
     model: ModelRef | None = Field(default=None, description="The model it exported.")
     data: DataReport | None = Field(default=None, description="What the data check found.")
     timings: dict[str, float] = Field(default_factory=dict, description="Seconds per stage.")
+    children: dict[str, str] = Field(
+        default_factory=dict,
+        description="What the run created in other systems, by kind: the KFP run id "
+        "(kfpRun), the Katib Experiment (experiment), the TrainJob or PyTorchJob (trainJob, "
+        "pyTorchJob). Empty for the local engine.",
+    )
 
 
 class ServingRecord(Model):
