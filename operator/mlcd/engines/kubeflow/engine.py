@@ -14,6 +14,7 @@ import pathlib
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
@@ -80,14 +81,17 @@ class KubeflowEngine:
                 import kfp
 
                 token = self._token()
-                self._client = self._call(
-                    "connecting",
-                    lambda: kfp.Client(
-                        host=self.settings.endpoint,
-                        namespace=self.settings.namespace,
-                        existing_token=token,
-                    ),
-                )
+
+                def connect() -> Any:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore", FutureWarning)  # "works with KFP 2.0+"
+                        return kfp.Client(
+                            host=self.settings.endpoint,
+                            namespace=self.settings.namespace,
+                            existing_token=token,
+                        )
+
+                self._client = self._call("connecting", connect)
             return self._client
 
     def _call(self, what: str, fn: Callable[[], T]) -> T:

@@ -63,6 +63,12 @@ class RunFiles:
             self._client = s3_client(self.location, self._secrets or directory_secrets())
         return self._client
 
+    def folder(self, key: str) -> str:
+        """The URI of a folder the pods write into; on a file system it is made first."""
+        if not self.s3:
+            (pathlib.Path(self.prefix) / key).mkdir(parents=True, exist_ok=True)
+        return self.uri(key)
+
     def put(self, key: str, data: bytes) -> None:
         if self.s3:
             from mlcd.artifacts.s3 import _call

@@ -48,8 +48,8 @@ def run(
         name = child_name(namespace, pipeline.name, ctx.run_id, "train", cluster.attempt)
         env = {
             "MLCD_TRAIN_DATA": files.put_file("data/train.npz", pathlib.Path(train_path)),
-            "MLCD_MODEL_DIR": files.uri("model"),
-            "MLCD_METRICS_FILE": files.uri("train/metrics.json"),
+            "MLCD_MODEL_DIR": files.folder("model"),
+            "MLCD_METRICS_FILE": f"{files.folder('train')}/metrics.json",
             "MLCD_RUN_ID": ctx.run_id,
             "MLCD_SEED": str(pipeline.spec.evaluation.seed),
         }
