@@ -10,8 +10,8 @@ import pathlib
 from typing import Any
 
 import pytest
-from conftest import Cluster_, engine_for, play_work, wait
 
+from conftest import Cluster_, engine_for, play_work, wait
 from fakes.kfp_api import FakeKFP
 from helpers import softmax_pipeline
 from mlcd.domain.records import RunRecord
