@@ -143,6 +143,8 @@ class FakeKFP:
     root: pathlib.Path
     env: dict[str, str] = field(default_factory=dict)
     namespace: str = "kubeflow"
+    #: When set, a request without ``Authorization: Bearer <token>`` is refused (401).
+    token: str | None = None
 
     def __post_init__(self) -> None:
         self.experiments: dict[str, dict[str, Any]] = {}
@@ -192,7 +194,11 @@ class FakeKFP:
         return path.read_text(errors="replace") if path.is_file() else ""
 
     # -- the API ---------------------------------------------------------------------------
-    def handle(self, method: str, url: str, body: Any) -> tuple[int, Any]:
+    def handle(
+        self, method: str, url: str, body: Any, authorization: str | None = None
+    ) -> tuple[int, Any]:
+        if self.token is not None and authorization != f"Bearer {self.token}":
+            return 401, {"error": "unauthenticated", "message": "no valid bearer token"}
         parsed = urlparse(url)
         path, query = parsed.path, {k: v[-1] for k, v in parse_qs(parsed.query).items()}
         with self.lock:
@@ -380,7 +386,9 @@ def _handler(fake: FakeKFP) -> type[BaseHTTPRequestHandler]:
             except ValueError:
                 status, answer = 400, {"error": "request body is not JSON"}
             else:
-                status, answer = fake.handle(method, self.path, body)
+                status, answer = fake.handle(
+                    method, self.path, body, self.headers.get("Authorization")
+                )
             data = json.dumps(answer).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")

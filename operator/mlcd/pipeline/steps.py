@@ -11,8 +11,11 @@ from __future__ import annotations
 import contextlib
 import os
 import pathlib
+import signal
 import tempfile
+import threading
 from collections.abc import Iterator
+from types import FrameType
 
 from mlcd.domain.records import STAGES
 from mlcd.pipeline.context import RunContext
@@ -35,6 +38,10 @@ def run_files(ctx: RunContext, cluster: ClusterSteps) -> RunFiles:
     )
 
 
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 @contextlib.contextmanager
 def step(context: str, engine: str, stage: str) -> Iterator[RunContext]:
     """The run context of one step. On Kubeflow: a scratch run folder in the pod, filled
@@ -45,6 +52,10 @@ def step(context: str, engine: str, stage: str) -> Iterator[RunContext]:
         yield ctx
         return
     files = run_files(ctx, cluster)
+    if threading.current_thread() is threading.main_thread():
+        # A terminated KFP run stops its pods with SIGTERM: unwind, so the step deletes
+        # what it created and keeps its record.
+        signal.signal(signal.SIGTERM, _interrupt)
     root = pathlib.Path(os.environ.get("MLCD_STEP_DIR") or tempfile.mkdtemp(prefix="mlcd-"))
     ctx = ctx.model_copy(update={"run_dir": str(root / run_folder(ctx.run_id, cluster.attempt))})
     (ctx.dir / "stages").mkdir(parents=True, exist_ok=True)
