@@ -94,6 +94,17 @@ def _pod_metadata(child: Child, cluster: ClusterSteps) -> dict[str, Any]:
     return meta
 
 
+def _pod_spec(container: dict[str, Any], trainer: Trainer, cluster: ClusterSteps) -> dict[str, Any]:
+    """One container that runs once (restartPolicy Never), with the worker's resources."""
+    limits = resources(trainer.resources_per_worker)
+    if limits:
+        container["resources"] = limits
+    pod: dict[str, Any] = {"restartPolicy": "Never", "containers": [container]}
+    if cluster.service_account:
+        pod["serviceAccountName"] = cluster.service_account
+    return pod
+
+
 def _image(trainer: Trainer) -> str:
     if not trainer.image:
         from mlcd.errors import PermanentError
@@ -166,12 +177,7 @@ def experiment(
             },
         ),
     }
-    limits = resources(trainer.resources_per_worker)
-    if limits:
-        container["resources"] = limits
-    pod_spec: dict[str, Any] = {"restartPolicy": "Never", "containers": [container]}
-    if cluster.service_account:
-        pod_spec["serviceAccountName"] = cluster.service_account
+    pod_spec = _pod_spec(container, trainer, cluster)
     trial_spec = {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -295,12 +301,7 @@ def pytorch_job(
         "args": [*trainer.args, *args],
         "env": env_vars(pipeline, {"MLCD_STAGE": "train", **child.env}),
     }
-    limits = resources(trainer.resources_per_worker)
-    if limits:
-        container["resources"] = limits
-    pod: dict[str, Any] = {"restartPolicy": "Never", "containers": [container]}
-    if cluster.service_account:
-        pod["serviceAccountName"] = cluster.service_account
+    pod = _pod_spec(container, trainer, cluster)
 
     def replica(count: int) -> dict[str, Any]:
         template = {"metadata": _pod_metadata(child, cluster), "spec": pod}
