@@ -44,9 +44,11 @@ def test_a_lost_answer_and_5xx_are_retried_and_the_run_is_not_duplicated(
     engine = engine_for(kfp, apiserver)
     body = untuned(namespace, digits, tmp_path)
     kfp.fail("GET", r"/runs$", status=503, count=2)  # the look-up before the create
+    kfp.fail("POST", r"/experiments$", status=504, after=True)  # made; the retry conflicts
     kfp.fail("POST", r"/runs$", status=502, after=True)  # created, but the answer is lost
     engine.submit(request(body))
     assert creates(kfp) == 1 and len(kfp.created_runs()) == 1
+    assert len(kfp.experiments) == 1
     engine.submit(request(body))
     assert len(kfp.created_runs()) == 1
 

@@ -159,21 +159,33 @@ class KubeflowEngine:
         query = json.dumps(
             {"predicates": [{"key": "display_name", "operation": "EQUALS", "string_value": name}]}
         )
-        page = self._call(
-            f"looking up experiment {name}",
-            lambda: client.list_experiments(namespace=self.settings.namespace, filter=query),
-        )
-        for found in page.experiments or []:
-            if found.display_name == name:
-                return str(found.experiment_id)
-        created = self._call(
-            f"creating experiment {name}",
-            lambda: client.create_experiment(
-                name,
-                description=f"mlcd runs of namespace {namespace}",
-                namespace=self.settings.namespace,
-            ),
-        )
+
+        def find() -> str | None:
+            page = self._call(
+                f"looking up experiment {name}",
+                lambda: client.list_experiments(namespace=self.settings.namespace, filter=query),
+            )
+            found = [e for e in page.experiments or [] if e.display_name == name]
+            return str(found[0].experiment_id) if found else None
+
+        existing = find()
+        if existing is not None:
+            return existing
+        try:
+            created = self._call(
+                f"creating experiment {name}",
+                lambda: client.create_experiment(
+                    name,
+                    description=f"mlcd runs of namespace {namespace}",
+                    namespace=self.settings.namespace,
+                ),
+            )
+        except PermanentError:
+            # Created meanwhile (another submit, or a lost answer): use that one.
+            existing = find()
+            if existing is None:
+                raise
+            return existing
         return str(created.experiment_id)
 
     def package(self) -> pathlib.Path:

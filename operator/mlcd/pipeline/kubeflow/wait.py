@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from mlcd.errors import TemporaryError
 from mlcd.pipeline.kubeflow.kube import Kind, Kube
 
 
@@ -29,8 +30,11 @@ def until(
 ) -> Mapping[str, Any] | None:
     """Polls until ``done(object)``; None when the object is gone or the deadline passed."""
     while True:
-        live = kube.get(kind, namespace, name)
-        if live is None or done(live):
+        try:
+            live = kube.get(kind, namespace, name)
+        except TemporaryError:  # the API server did not answer this time: look again
+            live = {}
+        if live is None or (live and done(live)):
             return live
         if deadline is not None and time.monotonic() > deadline:
             return None
