@@ -75,7 +75,7 @@ def wait(what: str, probe: Callable[[], Any], timeout: float = 120, every: float
         time.sleep(every)
 
 
-class Cluster_:
+class KubeflowAPI:
     """What the tests do on the API server: read children, play Katib and the pods."""
 
     def __init__(self, cluster: Cluster) -> None:
@@ -210,8 +210,8 @@ def play_work(pod: Any, container: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture
-def cluster_api(apiserver: Cluster) -> Iterator[Cluster_]:
-    api = Cluster_(apiserver)
+def cluster_api(apiserver: Cluster) -> Iterator[KubeflowAPI]:
+    api = KubeflowAPI(apiserver)
     yield api
     api.close()
 

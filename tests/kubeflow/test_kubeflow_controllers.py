@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from conftest import Cluster_, wait
+from conftest import KubeflowAPI, wait
 from helpers import softmax_pipeline
 from mlcd.domain.checks import parse_pipeline
 from mlcd.pipeline.kubeflow import objects
@@ -30,7 +30,7 @@ def condition(obj: dict[str, Any], kind: str) -> bool:
 
 
 def test_trainjob_runs_as_a_jobset_and_completes(
-    trainer: Any, nodes: list[str], namespace: str, cluster_api: Cluster_
+    trainer: Any, nodes: list[str], namespace: str, cluster_api: KubeflowAPI
 ) -> None:
     spec = pipeline(namespace, workers=2)
     child = objects.Child("job-a", namespace, "run-1", "digits", {"MLCD_RUN_ID": "run-1"})
@@ -57,7 +57,7 @@ def test_trainjob_runs_as_a_jobset_and_completes(
 
 @pytest.mark.parametrize("fail", [False, True], ids=["succeeds", "worker-fails"])
 def test_pytorchjob_master_and_workers(
-    training_operator: Any, nodes: list[str], namespace: str, cluster_api: Cluster_, fail: bool
+    training_operator: Any, nodes: list[str], namespace: str, cluster_api: KubeflowAPI, fail: bool
 ) -> None:
     spec = pipeline(namespace, workers=3)
     child = objects.Child("job-b", namespace, "run-2", "digits")

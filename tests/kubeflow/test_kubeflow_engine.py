@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from conftest import Cluster_, engine_for, play_work, wait
+from conftest import KubeflowAPI, engine_for, play_work, wait
 from fakes.kfp_api import FakeKFP
 from helpers import softmax_pipeline
 from mlcd.domain.records import RunRecord
@@ -71,7 +71,7 @@ def test_a_run_on_kubeflow_tunes_on_katib_and_trains_on_the_real_controller(
     nodes: list[str],
     namespace: str,
     kfp: FakeKFP,
-    cluster_api: Cluster_,
+    cluster_api: KubeflowAPI,
     digits: pathlib.Path,
     tmp_path: pathlib.Path,
 ) -> None:

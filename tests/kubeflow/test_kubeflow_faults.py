@@ -11,7 +11,7 @@ import pytest
 from kubernetes import client
 from test_kubeflow_engine import POD_SELECTORS, request, resource
 
-from conftest import Cluster_, engine_for, wait
+from conftest import KubeflowAPI, engine_for, wait
 from fakes.kfp_api import FakeKFP
 from mlcd.engines.kubeflow import KubeflowEngine
 from mlcd.engines.kubeflow.settings import KubeflowSettings, SecretKeyRef
@@ -37,7 +37,7 @@ def test_a_lost_answer_and_5xx_are_retried_and_the_run_is_not_duplicated(
     nodes: list[str],
     namespace: str,
     kfp: FakeKFP,
-    cluster_api: Cluster_,
+    cluster_api: KubeflowAPI,
     digits: pathlib.Path,
     tmp_path: pathlib.Path,
 ) -> None:
@@ -123,7 +123,7 @@ def test_katib_failing_the_experiment_fails_the_run_with_katibs_reason(
     katib_crds: Cluster,
     namespace: str,
     kfp: FakeKFP,
-    cluster_api: Cluster_,
+    cluster_api: KubeflowAPI,
     digits: pathlib.Path,
     tmp_path: pathlib.Path,
 ) -> None:
@@ -154,7 +154,7 @@ def test_a_job_pending_past_the_trainer_timeout_fails_with_the_reason(
     nodes: list[str],
     namespace: str,
     kfp: FakeKFP,
-    cluster_api: Cluster_,
+    cluster_api: KubeflowAPI,
     digits: pathlib.Path,
     tmp_path: pathlib.Path,
 ) -> None:
@@ -177,7 +177,7 @@ def test_a_failed_pod_fails_the_run_with_the_jobs_reason(
     nodes: list[str],
     namespace: str,
     kfp: FakeKFP,
-    cluster_api: Cluster_,
+    cluster_api: KubeflowAPI,
     digits: pathlib.Path,
     tmp_path: pathlib.Path,
 ) -> None:

@@ -16,7 +16,7 @@ import pytest
 from kubernetes import client
 from test_kubeflow_engine import POD_SELECTORS, RANK0
 
-from conftest import Cluster_, play_work, wait
+from conftest import KubeflowAPI, play_work, wait
 from fakes.kfp_api import FakeKFP
 from helpers import softmax_pipeline
 from mlcd.engines.local import LocalEngine
@@ -110,7 +110,7 @@ def test_kubeflow_and_local_pipelines_end_with_the_same_status_shape(
     namespace: str,
     kfp: FakeKFP,
     operator: pathlib.Path,
-    cluster_api: Cluster_,
+    cluster_api: KubeflowAPI,
     digits: pathlib.Path,
     tmp_path: pathlib.Path,
 ) -> None:

@@ -74,7 +74,7 @@ def run(
                 cluster.poll_seconds,
                 deadline=started + timeout,
             )
-            problems = pod_problems(kube.pods(namespace, _selector(kind, name, ctx.run_id)))
+            problems = pod_problems(kube.pods(namespace, POD_SELECTORS[kind].format(name=name)))
             if live is None and kube.get(KINDS[kind], namespace, name) is not None:
                 kube.delete(KINDS[kind], namespace, name)
                 detail = "; ".join(problems) or "no pod reported a problem"
@@ -117,10 +117,6 @@ def run(
 
 def _finished(kind: str, obj: Mapping[str, Any]) -> bool:
     return bool(condition(obj, DONE[kind]) or condition(obj, "Failed"))
-
-
-def _selector(kind: str, name: str, run_id: str) -> str:
-    return POD_SELECTORS[kind].format(name=name)
 
 
 def _series(files: RunFiles, collector: Any) -> dict[str, list[float]]:
