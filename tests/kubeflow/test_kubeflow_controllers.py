@@ -6,8 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from kubeflow_helpers import KubeflowAPI, wait
 
-from conftest import KubeflowAPI, wait
 from helpers import softmax_pipeline
 from mlcd.domain.checks import parse_pipeline
 from mlcd.pipeline.kubeflow import objects

@@ -7,53 +7,24 @@ and environment)."""
 from __future__ import annotations
 
 import pathlib
-from typing import Any
 
 import pytest
+from kubeflow_helpers import (
+    JOBS,
+    POD_SELECTORS,
+    RANK0,
+    KubeflowAPI,
+    engine_for,
+    play_work,
+    request,
+    resource,
+    wait,
+)
 
-from conftest import KubeflowAPI, engine_for, play_work, wait
 from fakes.kfp_api import FakeKFP
-from helpers import softmax_pipeline
 from mlcd.domain.records import RunRecord
 from mlcd.engines.local import LocalEngine
-from mlcd.ports import RunRequest
 from testenv.cluster import Cluster
-
-JOBS = {
-    "TrainJob": ("trainer.kubeflow.org", "v1alpha1", "trainjobs", "node"),
-    "PyTorchJob": ("kubeflow.org", "v1", "pytorchjobs", "pytorch"),
-}
-POD_SELECTORS = {
-    "TrainJob": "jobset.sigs.k8s.io/jobset-name={}",
-    "PyTorchJob": "training.kubeflow.org/job-name={}",
-}
-RANK0 = {
-    "TrainJob": lambda pod: (
-        pod.metadata.labels.get("batch.kubernetes.io/job-completion-index") == "0"
-    ),
-    "PyTorchJob": lambda pod: pod.metadata.name.endswith("-master-0"),
-}
-
-
-def resource(
-    namespace: str, digits: pathlib.Path, artifacts: pathlib.Path, **spec: Any
-) -> dict[str, Any]:
-    body = softmax_pipeline(str(digits))
-    body["metadata"]["namespace"] = namespace
-    body["spec"]["trainer"].update(image="registry.test/softmax:1", workers=2)
-    body["spec"].update(engine="kubeflow", artifacts={"uri": str(artifacts)}, **spec)
-    return body
-
-
-def request(body: dict[str, Any], run_id: str = "digits-1") -> RunRequest:
-    return RunRequest(
-        run_id=run_id,
-        trigger="manual",
-        spec=body,
-        name=body["metadata"]["name"],
-        namespace=body["metadata"]["namespace"],
-        base_dir="unused",
-    )
 
 
 def filled(record: RunRecord) -> set[str]:

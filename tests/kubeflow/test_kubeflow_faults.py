@@ -8,10 +8,9 @@ import pathlib
 from typing import Any
 
 import pytest
+from kubeflow_helpers import POD_SELECTORS, KubeflowAPI, engine_for, request, resource, wait
 from kubernetes import client
-from test_kubeflow_engine import POD_SELECTORS, request, resource
 
-from conftest import KubeflowAPI, engine_for, wait
 from fakes.kfp_api import FakeKFP
 from mlcd.engines.kubeflow import KubeflowEngine
 from mlcd.engines.kubeflow.settings import KubeflowSettings, SecretKeyRef

@@ -13,10 +13,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from kubeflow_helpers import POD_SELECTORS, RANK0, KubeflowAPI, play_work, wait
 from kubernetes import client
-from test_kubeflow_engine import POD_SELECTORS, RANK0
 
-from conftest import KubeflowAPI, play_work, wait
 from fakes.kfp_api import FakeKFP
 from helpers import softmax_pipeline
 from mlcd.engines.local import LocalEngine
