@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import pathlib
 import sys
 import time
@@ -364,8 +365,10 @@ def cmd_operator(args: argparse.Namespace) -> int:
     import logging
 
     # kopf watches with its own client and mlcd talks to the API server through httpx: the
-    # Kubernetes client library (kopf loads it when installed) would only cost memory.
-    sys.modules.setdefault("kubernetes", None)  # type: ignore[arg-type]
+    # Kubernetes client library (kopf loads it when installed) would only cost memory, unless
+    # the Kubeflow engine is on (kfp.Client imports it).
+    if not os.environ.get("MLCD_KFP_ENDPOINT"):
+        sys.modules.setdefault("kubernetes", None)  # type: ignore[arg-type]
 
     from mlcd.k8s.operator import run
     from mlcd.settings import OperatorSettings

@@ -25,6 +25,10 @@ BINARIES: dict[str, str] = {
     "monitoring-crds": "MLCD_MONITORING_CRDS",
     "prometheus": "MLCD_PROMETHEUS",
     "haproxy": "MLCD_HAPROXY",
+    "training-operator": "MLCD_TRAINING_OPERATOR",
+    "jobset": "MLCD_JOBSET",
+    "trainer": "MLCD_TRAINER",
+    "katib-crds": "MLCD_KATIB_CRDS",
 }
 
 

@@ -23,7 +23,16 @@ from testenv.prometheus import Prometheus, PrometheusAPI
 from testenv.stack import Stack
 
 # Fixture name -> stack group of the same name (see testenv.stack.GROUPS).
-STACK_FIXTURES = ("apiserver", "nodes", "minio", "prometheus", "haproxy")
+STACK_FIXTURES = (
+    "apiserver",
+    "nodes",
+    "minio",
+    "prometheus",
+    "haproxy",
+    "training_operator",
+    "trainer",
+    "katib_crds",
+)
 LOG_LINES = 60
 
 _stack_key = pytest.StashKey[Stack]()
@@ -136,3 +145,25 @@ def haproxy(testenv_stack: Stack) -> HAProxy:
     component = testenv_stack.component("haproxy")
     assert isinstance(component, HAProxy)
     return component
+
+
+@pytest.fixture(scope="session")
+def training_operator(testenv_stack: Stack, apiserver: Cluster) -> Cluster:
+    """The training operator (PyTorchJob) with its validating webhook."""
+    testenv_stack.up("training_operator")
+    return apiserver
+
+
+@pytest.fixture(scope="session")
+def trainer(testenv_stack: Stack, apiserver: Cluster) -> Cluster:
+    """JobSet + the Kubeflow Trainer (TrainJob), and the ClusterTrainingRuntime
+    ``torch-distributed`` (backoffLimit 0)."""
+    testenv_stack.up("trainer")
+    return apiserver
+
+
+@pytest.fixture(scope="session")
+def katib_crds(testenv_stack: Stack, apiserver: Cluster) -> Cluster:
+    """Katib's CRDs (Experiment, Trial, Suggestion); the tests play its controller."""
+    testenv_stack.up("katib_crds")
+    return apiserver

@@ -12,6 +12,7 @@ from typing import Any
 from testenv.component import Component
 from testenv.haproxy import HAProxy
 from testenv.kube import Etcd, KubeAPIServer, KubeControllerManager, KubeScheduler, Kwok
+from testenv.kubeflow import JobSet, KatibCRDs, Trainer, TrainingOperator
 from testenv.minio import MinIO
 from testenv.proc import ComponentError, pid_alive, stop_groups
 from testenv.prometheus import Prometheus
@@ -27,6 +28,10 @@ COMPONENTS: dict[str, type[Component]] = {
         MinIO,
         Prometheus,
         HAProxy,
+        TrainingOperator,
+        JobSet,
+        Trainer,
+        KatibCRDs,
     )
 }
 
@@ -37,6 +42,10 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "minio": ("minio",),
     "prometheus": ("prometheus",),
     "haproxy": ("haproxy",),
+    # The Kubeflow controllers (the fixtures' names are the groups' names).
+    "training_operator": ("training-operator",),
+    "trainer": ("jobset", "trainer"),
+    "katib_crds": ("katib-crds",),
 }
 
 POLL = 0.05

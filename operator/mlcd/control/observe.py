@@ -226,7 +226,9 @@ class Observer:
             engine = self.engine(run.engine)
             try:
                 record = engine.get(key)
-            except TemporaryError as exc:
+            except MlcdError as exc:
+                # Unreachable, or the engine's own settings are wrong (its credentials): the
+                # run is held with the reason, never taken for lost.
                 problem = redact(str(exc), masks)
                 runs[run.id] = RunView(record=None, reachable=False, problem=problem)
                 continue
@@ -264,7 +266,10 @@ class Observer:
     def _gate(self, engine: PipelineBackend, key: RunKey) -> Any:
         """The gate the run was judged with, from the resource it runs with (cached)."""
         if key not in self._gates:
-            resource = engine.resource(key)
+            try:
+                resource = engine.resource(key)
+            except MlcdError:
+                return None  # asked again at the next pass
             gate = None
             if resource is not None:
                 try:

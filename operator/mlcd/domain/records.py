@@ -107,7 +107,9 @@ class RunRecord(Model):
     timings: dict[str, float] = Field(default_factory=dict, description="Seconds per stage.")
     children: dict[str, str] = Field(
         default_factory=dict,
-        description="Objects the engine created for the run, by kind (e.g. kfpRun, experiment).",
+        description="What the run created in other systems, by kind: the KFP run id "
+        "(kfpRun), the Katib Experiment (experiment), the TrainJob or PyTorchJob (trainJob, "
+        "pyTorchJob). Empty for the local engine.",
     )
 
 

@@ -127,6 +127,11 @@ class RunSummary(Model):
     record: str | None = Field(
         default=None, description="Where the run's full record is (data report, checks, timings)."
     )
+    children: dict[str, str] = Field(
+        default_factory=dict,
+        description="What the run created in other systems, by kind (kfpRun, experiment, "
+        "trainJob, pyTorchJob); empty for the local engine.",
+    )
 
 
 def _short(text: str | None) -> str | None:
@@ -178,6 +183,7 @@ def summarize(
         model=record.model,
         data=_data(record.data),
         record=link,
+        children=dict(list(record.children.items())[:MAX_VALUES]),
     )
 
 

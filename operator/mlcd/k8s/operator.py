@@ -12,6 +12,7 @@ from typing import Any
 import kopf
 
 from mlcd.control.controller import Controller, ControllerSettings
+from mlcd.engines.kubeflow import KubeflowEngine, KubeflowSettings
 from mlcd.engines.local import LocalEngine
 from mlcd.k8s.handlers import Memo, register
 from mlcd.k8s.kube import Kube, login
@@ -33,6 +34,15 @@ def file_clock(path: pathlib.Path) -> Callable[[], dt.datetime]:
     return now
 
 
+def default_engines(settings: OperatorSettings, kube: Kube) -> dict[str, PipelineBackend]:
+    """The local engine, and the Kubeflow engine when MLCD_KFP_ENDPOINT is set."""
+    engines: dict[str, PipelineBackend] = {"local": LocalEngine(settings.state_dir)}
+    kubeflow = KubeflowSettings()
+    if kubeflow.endpoint:
+        engines["kubeflow"] = KubeflowEngine(kubeflow, secrets=kube.secrets)
+    return engines
+
+
 def build_memo(
     settings: OperatorSettings, engines: Mapping[str, PipelineBackend] | None = None
 ) -> Memo:
@@ -46,7 +56,7 @@ def build_memo(
             default_engine=settings.engine,
             max_active_runs=settings.max_active_runs,
         ),
-        engines=engines or {"local": LocalEngine(state)},
+        engines=engines or default_engines(settings, kube),
         serving=LocalServing(state, port=0),
         secrets=kube.secrets,
         clock=file_clock(settings.clock_file)

@@ -1,8 +1,9 @@
 """The training pipeline in the Kubeflow Pipelines v2 DSL.
 
 ``kfp.local`` runs it on this machine (the local engine); ``kfp.compiler`` turns the same
-definition into the IR package the Kubeflow Pipelines API accepts. Every component is a thin
-call into :mod:`mlcd.pipeline.stages`; each receives the run context as JSON.
+definition into the IR package the Kubeflow Pipelines API accepts (the Kubeflow engine). Every
+component is a thin call into :mod:`mlcd.pipeline.stages` through :mod:`mlcd.pipeline.steps`;
+each receives the run context as JSON and the ``engine`` parameter (empty: this machine).
 """
 
 import pathlib
@@ -18,30 +19,33 @@ PIPELINE_NAME = "mlcd-training"
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
-def validate_data(context: str, train: Output[Dataset], holdout: Output[Dataset]) -> bool:
+def validate_data(
+    context: str, train: Output[Dataset], holdout: Output[Dataset], engine: str = ""
+) -> bool:
     """Schema, sanity and drift checks; splits off the holdout. False: data rejected."""
-    from mlcd.pipeline.context import RunContext
     from mlcd.pipeline.stages import validate
+    from mlcd.pipeline.steps import step
 
-    return validate.run(RunContext.parse(context), train.path, holdout.path)
-
-
-@dsl.component(base_image=IMAGE, install_kfp_package=False)
-def tune(context: str, train: Input[Dataset]) -> str:
-    """Hyperparameter search; returns the best parameters as JSON."""
-    from mlcd.pipeline.context import RunContext
-    from mlcd.pipeline.stages import tune as stage
-
-    return stage.run(RunContext.parse(context), train.path)
+    with step(context, engine, "validate") as ctx:
+        return validate.run(ctx, train.path, holdout.path)
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
-def train(context: str, params: str, train: Input[Dataset], model: Output[Model]) -> None:
-    """The distributed training job with the best parameters; writes model.onnx."""
-    from mlcd.pipeline.context import RunContext
-    from mlcd.pipeline.stages import train as stage
+def tune(context: str, train: Input[Dataset], engine: str = "") -> str:
+    """Hyperparameter search (on Kubeflow a Katib Experiment); the best parameters as JSON."""
+    from mlcd.pipeline import steps
 
-    stage.run(RunContext.parse(context), train.path, params, model.path)
+    return steps.tune(context, engine, train.path)
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def train(
+    context: str, params: str, train: Input[Dataset], model: Output[Model], engine: str = ""
+) -> None:
+    """The distributed training job (on Kubeflow a TrainJob or PyTorchJob); writes model.onnx."""
+    from mlcd.pipeline import steps
+
+    steps.train(context, engine, train.path, params, model.path)
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
@@ -51,54 +55,64 @@ def evaluate(
     model: Input[Model],
     metrics: Output[Metrics],
     classification: Output[ClassificationMetrics],
+    engine: str = "",
 ) -> str:
     """Holdout metrics, onnx.checker and parity with the trained model; returns metrics JSON."""
-    from mlcd.pipeline.context import RunContext
     from mlcd.pipeline.stages import evaluate as stage
+    from mlcd.pipeline.steps import step
 
-    return stage.run(RunContext.parse(context), holdout.path, model.path, metrics, classification)
+    with step(context, engine, "evaluate") as ctx:
+        return stage.run(ctx, holdout.path, model.path, metrics, classification)
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
-def gate(context: str, metrics: str) -> bool:
+def gate(context: str, metrics: str, engine: str = "") -> bool:
     """The absolute bound AND no regression against the serving model."""
-    from mlcd.pipeline.context import RunContext
     from mlcd.pipeline.stages import gate as stage
+    from mlcd.pipeline.steps import step
 
-    return stage.run(RunContext.parse(context), metrics)
+    with step(context, engine, "gate") as ctx:
+        return stage.run(ctx, metrics)
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
-def export(context: str, model: Input[Model]) -> str:
+def export(context: str, model: Input[Model], engine: str = "") -> str:
     """Publishes the model as a new immutable version; returns the version."""
-    from mlcd.pipeline.context import RunContext
     from mlcd.pipeline.stages import export as stage
+    from mlcd.pipeline.steps import step
 
-    return stage.run(RunContext.parse(context), model.path)
+    with step(context, engine, "export") as ctx:
+        return stage.run(ctx, model.path)
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
-def report(context: str, page: Output[HTML]) -> None:
+def report(context: str, page: Output[HTML], engine: str = "") -> None:
     """The run's HTML report, written whatever the outcome."""
-    from mlcd.pipeline.context import RunContext
     from mlcd.pipeline.stages import report as stage
+    from mlcd.pipeline.steps import step
 
-    stage.run(RunContext.parse(context), page.path)
+    with step(context, engine, "report") as ctx:
+        stage.run(ctx, page.path)
 
 
 @dsl.pipeline(name=PIPELINE_NAME, description="mlcd: validate, tune, train, evaluate, gate, export")
-def training_pipeline(context: str) -> None:
-    with dsl.ExitHandler(report(context=context)):
-        data = validate_data(context=context)
+def training_pipeline(context: str, engine: str = "") -> None:
+    with dsl.ExitHandler(report(context=context, engine=engine)):
+        data = validate_data(context=context, engine=engine)
         with dsl.If(data.outputs["Output"] == True, name="data-valid"):  # noqa: E712
-            best = tune(context=context, train=data.outputs["train"])
-            trained = train(context=context, params=best.output, train=data.outputs["train"])
-            scored = evaluate(
-                context=context, holdout=data.outputs["holdout"], model=trained.outputs["model"]
+            best = tune(context=context, train=data.outputs["train"], engine=engine)
+            trained = train(
+                context=context, params=best.output, train=data.outputs["train"], engine=engine
             )
-            verdict = gate(context=context, metrics=scored.outputs["Output"])
+            scored = evaluate(
+                context=context,
+                holdout=data.outputs["holdout"],
+                model=trained.outputs["model"],
+                engine=engine,
+            )
+            verdict = gate(context=context, metrics=scored.outputs["Output"], engine=engine)
             with dsl.If(verdict.output == True, name="gate-passed"):  # noqa: E712
-                export(context=context, model=trained.outputs["model"])
+                export(context=context, model=trained.outputs["model"], engine=engine)
 
 
 def compile_to(path: pathlib.Path) -> pathlib.Path:

@@ -1,0 +1,1 @@
+"""Fakes of what cannot run here, each named as such: the Kubeflow Pipelines API."""
