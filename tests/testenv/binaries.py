@@ -25,6 +25,15 @@ BINARIES: dict[str, str] = {
     "monitoring-crds": "MLCD_MONITORING_CRDS",
     "prometheus": "MLCD_PROMETHEUS",
     "haproxy": "MLCD_HAPROXY",
+    # the real node
+    "kubelet": "MLCD_KUBELET",
+    "kube-proxy": "MLCD_KUBE_PROXY",
+    "coredns": "MLCD_COREDNS",
+    "containerd": "MLCD_CONTAINERD",
+    "ctr": "MLCD_CTR",
+    "runc": "MLCD_RUNC",
+    "cni-plugins": "MLCD_CNI_PLUGINS",  # a directory
+    "busybox": "MLCD_BUSYBOX",  # statically linked: the base layer of the node's images
 }
 
 

@@ -13,6 +13,7 @@ from testenv.component import Component
 from testenv.haproxy import HAProxy
 from testenv.kube import Etcd, KubeAPIServer, KubeControllerManager, KubeScheduler, Kwok
 from testenv.minio import MinIO
+from testenv.node import Containerd, CoreDNS, Kubelet, KubeProxy, NodeSandbox
 from testenv.proc import ComponentError, pid_alive, stop_groups
 from testenv.prometheus import Prometheus
 
@@ -27,6 +28,11 @@ COMPONENTS: dict[str, type[Component]] = {
         MinIO,
         Prometheus,
         HAProxy,
+        NodeSandbox,
+        Containerd,
+        Kubelet,
+        KubeProxy,
+        CoreDNS,
     )
 }
 
@@ -37,6 +43,17 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "minio": ("minio",),
     "prometheus": ("prometheus",),
     "haproxy": ("haproxy",),
+    "real_node": (
+        "etcd",
+        "kube-apiserver",
+        "kube-controller-manager",
+        "kube-scheduler",
+        "node-sandbox",
+        "containerd",
+        "kubelet",
+        "kube-proxy",
+        "coredns",
+    ),
 }
 
 POLL = 0.05
