@@ -73,6 +73,10 @@ class NodeSandbox(Component):
     def after_ready(self) -> None:
         self.sandbox = Sandbox.load(self.file)
 
+    def exports(self) -> dict[str, str]:
+        addresses = self.sandbox.addresses
+        return {"REAL_NODE_IP": addresses.node_ip, "REAL_NODE_POD_SUBNET": addresses.pod_subnet}
+
     def state(self) -> dict[str, Any]:
         if not self.file.exists():
             return {}
@@ -171,6 +175,10 @@ class Containerd(_InNode):
 
     def after_ready(self) -> None:
         self.import_images(base_images())
+
+    def exports(self) -> dict[str, str]:
+        # What ctr reads: `ctr images list` talks to the node's containerd.
+        return {"CONTAINERD_ADDRESS": str(self.socket), "CONTAINERD_NAMESPACE": "k8s.io"}
 
     def ctr(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         argv = [str(binary("ctr")), f"--address={self.socket}", "--namespace=k8s.io", *args]
@@ -324,6 +332,9 @@ class Kubelet(_InNode):
 
     def probe(self) -> bool:
         return http_ok(f"http://{self.node_ip}:{KUBELET_HEALTHZ_PORT}/healthz")
+
+    def exports(self) -> dict[str, str]:
+        return {"REAL_NODE": REAL_NODE_NAME}
 
     def after_ready(self) -> None:
         from testenv.cluster import Cluster
