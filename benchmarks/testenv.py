@@ -90,9 +90,10 @@ def pod_ready(pod: Any) -> bool:
     return pod.status.phase == "Running" and conditions.get("Ready") == "True"
 
 
-def pod_start_latencies(cluster: Cluster, spec: dict[str, Any], count: int) -> list[float]:
+def pod_start_latencies(
+    cluster: Cluster, spec: dict[str, Any], count: int, namespace: str
+) -> list[float]:
     """Create ``count`` pods one after the other; seconds from each creation to Ready."""
-    namespace = cluster.create_namespace(prefix="bench-")
     latencies = []
     with cluster.api_client() as api:
         core = client.CoreV1Api(api)
@@ -112,7 +113,6 @@ def pod_start_latencies(cluster: Cluster, spec: dict[str, Any], count: int) -> l
                     break
             else:
                 raise TimeoutError(f"pod {name} on {spec} not Ready in 120 s")
-    cluster.delete_namespace(namespace)
     return latencies
 
 
@@ -150,7 +150,8 @@ def measure(nodes: bool, real_node: bool, pods: int, settle: float) -> dict[str,
             cluster = Cluster(apiserver)
             if nodes:
                 simulated = {"containers": [{"name": "main", "image": "registry.invalid/x:1"}]}
-                figures["kwok_pod_s"] = pod_start_latencies(cluster, simulated, pods)
+                namespace = cluster.create_namespace(prefix="bench-")
+                figures["kwok_pod_s"] = pod_start_latencies(cluster, simulated, pods, namespace)
             if real_node:
                 node = RealNode.of(stack)
                 sleeper = {
@@ -159,9 +160,16 @@ def measure(nodes: bool, real_node: bool, pods: int, settle: float) -> dict[str,
                     "imagePullPolicy": "Never",
                     "command": ["sleep", "3600"],
                 }
-                figures["real_pod_s"] = pod_start_latencies(
-                    cluster, node.pod_spec(containers=[sleeper]), pods
-                )
+                namespace = cluster.create_namespace(prefix="bench-")
+                spec = node.pod_spec(containers=[sleeper])
+                figures["real_pod_s"] = pod_start_latencies(cluster, spec, pods, namespace)
+                time.sleep(settle)
+                groups = {p.pid for c in stack.components() for p in c.processes if p.pid}
+                figures["rss_pods_mib"] = {
+                    SHIMS: round(namespace_rss_mib(sandbox.sandbox.init_pid, groups), 1),
+                    "kubelet": round(rss_mib(stack.component("kubelet").processes[0].pid), 1),
+                    "containerd": round(rss_mib(stack.component("containerd").processes[0].pid), 1),
+                }
         finally:
             stack.stop()
     return figures
@@ -239,6 +247,9 @@ def main() -> int:
             f"  {'stack with the node':<26} {without_node + node_total:7.1f} MiB "
             f"({(without_node + node_total) / without_node:.2f} x)"
         )
+        print(f"with {args.pods} pods running on the real node:")
+        for name, mib in median["rss_pods_mib"].items():
+            print(f"  {name:<26} {mib:7.1f} MiB")
     return 0
 
 

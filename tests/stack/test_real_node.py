@@ -28,7 +28,17 @@ def container(name: str, command: list[str], **extra: Any) -> dict[str, Any]:
     }
 
 
-def run_pod(core: client.CoreV1Api, namespace: str, node: RealNode, name: str, **spec: Any) -> None:
+def run_pod(
+    core: client.CoreV1Api,
+    namespace: str,
+    node: RealNode,
+    name: str,
+    command: list[str],
+    main: dict[str, Any] | None = None,
+    **spec: Any,
+) -> None:
+    """A pod on the real node with one busybox container running ``command``."""
+    spec["containers"] = [container("main", command, **(main or {}))]
     core.create_namespaced_pod(
         namespace, {"metadata": {"name": name}, "spec": node.pod_spec(**spec)}
     )
@@ -79,22 +89,15 @@ def test_a_pod_runs_and_kubectl_reads_its_logs_and_execs_in_it(
     real_node: RealNode, apiserver: Cluster, api: client.ApiClient, namespace: str
 ) -> None:
     core = client.CoreV1Api(api)
-    run_pod(
-        core,
-        namespace,
-        real_node,
-        "hello",
-        containers=[container("main", ["sh", "-c", "echo hello from $(hostname); sleep 3600"])],
-    )
+    hello = ["sh", "-c", "echo hi from $(hostname); sleep 3600"]
+    run_pod(core, namespace, real_node, "hello", hello)
     pod = running(core, namespace, "hello")
     assert pod.spec.node_name == real_node.name
     assert pod.status.container_statuses[0].container_id.startswith("containerd://")
     logs = apiserver.kubectl("logs", "-n", namespace, "hello").stdout
-    assert logs.strip() == "hello from hello"
-    exec_ = apiserver.kubectl(
-        "exec", "-n", namespace, "hello", "--", "sh", "-c", "cat /proc/1/comm"
-    )
-    assert exec_.stdout.strip() == "sleep"
+    assert logs.strip() == "hi from hello"
+    pid1 = apiserver.kubectl("exec", "-n", namespace, "hello", "--", "cat", "/proc/1/comm")
+    assert pid1.stdout.strip() == "sleep"
     # The pod's IP is on the node's pod subnet; its network is its own.
     prefix = real_node.pod_subnet.rsplit(".", 1)[0] + "."
     assert pod.status.pod_ip.startswith(prefix)
@@ -106,14 +109,8 @@ def test_a_failing_container_fails_the_pod_with_its_exit_code(
     real_node: RealNode, api: client.ApiClient, namespace: str
 ) -> None:
     core = client.CoreV1Api(api)
-    run_pod(
-        core,
-        namespace,
-        real_node,
-        "fails",
-        restartPolicy="Never",
-        containers=[container("main", ["sh", "-c", "echo giving up >&2; exit 3"])],
-    )
+    giving_up = ["sh", "-c", "echo giving up >&2; exit 3"]
+    run_pod(core, namespace, real_node, "fails", giving_up, restartPolicy="Never")
     pod = finished(core, namespace, "fails")
     assert pod.status.phase == "Failed"
     assert terminated(pod).exit_code == 3
@@ -124,18 +121,11 @@ def test_the_memory_limit_is_enforced(
     real_node: RealNode, api: client.ApiClient, namespace: str
 ) -> None:
     core = client.CoreV1Api(api)
-    limits = {"limits": {"memory": "64Mi"}}
+    limits = {"resources": {"limits": {"memory": "64Mi"}}}
     # dd holds one buffer of the block size: 16 MiB fits the limit, 200 MiB does not.
     for name, block in (("fits", "16M"), ("too-big", "200M")):
         dd = ["dd", "if=/dev/zero", "of=/dev/null", f"bs={block}", "count=1"]
-        run_pod(
-            core,
-            namespace,
-            real_node,
-            name,
-            restartPolicy="Never",
-            containers=[container("main", dd, resources=limits)],
-        )
+        run_pod(core, namespace, real_node, name, dd, restartPolicy="Never", main=limits)
     fits = finished(core, namespace, "fits")
     assert fits.status.phase == "Succeeded", terminated(fits)
     killed = finished(core, namespace, "too-big")
@@ -202,7 +192,7 @@ def test_a_service_cluster_ip_and_dns_name_reach_pods_from_another_pod(
             "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]},
         },
     )
-    run_pod(core, namespace, real_node, "client", containers=[container("c", ["sleep", "3600"])])
+    run_pod(core, namespace, real_node, "client", ["sleep", "3600"])
     ready_deployment(apps, namespace, "web", 2)
     running(core, namespace, "client")
     backends = {

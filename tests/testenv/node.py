@@ -97,6 +97,13 @@ class _InNode(Component):
         assert isinstance(component, KubeAPIServer)
         return component
 
+    def prepare(self) -> Sandbox:
+        """The sandbox, with the node's IP noted and this component's directory made."""
+        sandbox = self.sandbox()
+        self.node_ip = sandbox.addresses.node_ip
+        self.dir.mkdir(parents=True, exist_ok=True)
+        return sandbox
+
     def spawn_inside(self, argv: list[str]) -> None:
         enter = ["nsenter", f"--target={self.sandbox().init_pid}", "--pid", "--net", "--mount"]
         self.spawn([*enter, "--", *argv])
@@ -260,10 +267,8 @@ class Kubelet(_InNode):
     start_timeout = 60.0
 
     def start(self) -> None:
-        sandbox = self.sandbox()
+        sandbox = self.prepare()
         apiserver = self.apiserver()
-        self.node_ip = sandbox.addresses.node_ip
-        self.dir.mkdir(parents=True, exist_ok=True)
         serving = apiserver.authority.issue(
             "kubelet-serving", REAL_NODE_NAME, hosts=(REAL_NODE_NAME, self.node_ip), server=True
         )
@@ -371,9 +376,7 @@ class KubeProxy(_InNode):
     start_timeout = 60.0
 
     def start(self) -> None:
-        sandbox = self.sandbox()
-        self.node_ip = sandbox.addresses.node_ip
-        self.dir.mkdir(parents=True, exist_ok=True)
+        sandbox = self.prepare()
         # system:kube-proxy is bound to system:node-proxier by the API server's default RBAC.
         kubeconfig = self.kubeconfig("kube-proxy", "system:kube-proxy")
         config = {
@@ -421,9 +424,7 @@ class CoreDNS(_InNode):
     def start(self) -> None:
         from testenv.cluster import Cluster
 
-        sandbox = self.sandbox()
-        self.node_ip = sandbox.addresses.node_ip
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.prepare()
         user = "system:coredns"
         with Cluster(self.apiserver()).api_client() as api:
             rbac = client.RbacAuthorizationV1Api(api)
