@@ -88,7 +88,10 @@ def busybox_layer() -> bytes:
     busybox = binary("busybox")
     data = busybox.read_bytes()
     if data[:4] != b"\x7fELF" or b"/lib64/ld-linux" in data[:4096]:
-        raise RuntimeError(f"{busybox} is not a statically linked ELF (Debian's busybox-static)")
+        raise RuntimeError(
+            f"{busybox} is not statically linked: install Debian's busybox-static "
+            "(it replaces busybox) or point MLCD_BUSYBOX at a static busybox"
+        )
     applets = subprocess.run(
         [str(busybox), "--list"], capture_output=True, text=True, check=True
     ).stdout.split()
