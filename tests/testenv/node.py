@@ -37,6 +37,8 @@ CLUSTER_DOMAIN = "cluster.local"
 DNS_SERVICE_IP = "10.96.0.10"
 # Ports inside the node's network namespace, on the node's IP (reachable from the host).
 KUBELET_PORT = 10250
+KUBELET_ROOT = "/var/lib/kubelet"  # inside the node (its /var/lib is a private tmpfs)
+CONTAINERD_SOCKET = "/run/containerd/containerd.sock"  # inside the node
 KUBELET_HEALTHZ_PORT = 10248
 KUBE_PROXY_HEALTHZ_PORT = 10256
 COREDNS_READY_PORT = 8181
@@ -104,9 +106,18 @@ class _InNode(Component):
         self.dir.mkdir(parents=True, exist_ok=True)
         return sandbox
 
+    def enter(self) -> list[str]:
+        return ["nsenter", f"--target={self.sandbox().init_pid}", "--pid", "--net", "--mount"]
+
     def spawn_inside(self, argv: list[str]) -> None:
-        enter = ["nsenter", f"--target={self.sandbox().init_pid}", "--pid", "--net", "--mount"]
-        self.spawn([*enter, "--", *argv])
+        self.spawn([*self.enter(), "--", *argv])
+
+    def run_inside(self, *argv: str) -> None:
+        result = subprocess.run(
+            [*self.enter(), "--", *argv], capture_output=True, text=True, check=False
+        )
+        if result.returncode != 0:
+            raise self.error(f"{' '.join(argv)} in the node: {result.stderr.strip()}")
 
     def kubeconfig(self, user: str, common_name: str, groups: tuple[str, ...] = ()) -> Path:
         """A kubeconfig for ``common_name``; 127.0.0.1:port inside the node is the forwarder."""
@@ -127,7 +138,9 @@ class Containerd(_InNode):
     def start(self) -> None:
         sandbox = self.sandbox()
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.socket = self.dir / "containerd.sock"
+        # A unix socket's path holds at most 107 bytes: the socket is in the node's own /run,
+        # and the host reaches it through the init's root.
+        self.socket = Path(f"/proc/{sandbox.init_pid}/root{CONTAINERD_SOCKET}")
         cni_conf = self.dir / "net.d"
         cni_conf.mkdir(exist_ok=True)
         addresses = sandbox.addresses
@@ -161,7 +174,7 @@ class Containerd(_InNode):
         config.write_text(
             CONTAINERD_CONFIG.format(
                 dir=self.dir,
-                socket=self.socket,
+                socket=CONTAINERD_SOCKET,
                 runc=binary("runc"),
                 cni_bin=binary("cni-plugins"),
                 cni_conf=cni_conf,
@@ -273,9 +286,7 @@ class Kubelet(_InNode):
             "kubelet-serving", REAL_NODE_NAME, hosts=(REAL_NODE_NAME, self.node_ip), server=True
         )
         kubeconfig = self.kubeconfig("kubelet", f"system:node:{REAL_NODE_NAME}", ("system:nodes",))
-        containerd = self.stack.component("containerd")
-        assert isinstance(containerd, Containerd)
-        endpoint = f"unix://{containerd.socket}"
+        endpoint = f"unix://{CONTAINERD_SOCKET}"
         config = {
             "apiVersion": "kubelet.config.k8s.io/v1beta1",
             "kind": "KubeletConfiguration",
@@ -322,12 +333,18 @@ class Kubelet(_InNode):
         }
         path = self.dir / "config.yaml"
         path.write_text(yaml.safe_dump(config))
+        # The kubelet's unix sockets live under its root, and a socket path has at most 107
+        # bytes: inside the node its root is /var/lib/kubelet, a bind mount of ours.
+        root = self.dir / "root"
+        root.mkdir(exist_ok=True)
+        self.run_inside("mkdir", "-p", KUBELET_ROOT)
+        self.run_inside("mount", "--bind", str(root), KUBELET_ROOT)
         self.spawn_inside(
             [
                 str(binary("kubelet")),
                 f"--config={path}",
                 f"--kubeconfig={kubeconfig}",
-                f"--root-dir={self.dir / 'root'}",
+                f"--root-dir={KUBELET_ROOT}",
                 f"--cert-dir={self.dir / 'pki'}",
                 f"--hostname-override={REAL_NODE_NAME}",
                 f"--node-ip={self.node_ip}",

@@ -4,12 +4,12 @@ Run by :class:`testenv.node.NodeSandbox` as a program (standard library only)::
 
     python nodens.py supervise --dir DIR --api-port PORT
 
-The supervisor stays in the host's namespaces. It claims a slot (an abstract unix socket, freed
-by the kernel when its holder dies, so a killed session never blocks a slot), removes what a
-killed holder of the same slot may have left, creates the node's cgroup root, starts the init of
-the namespaces, links the node's network namespace to the host with a veth pair, forwards
-``127.0.0.1:PORT`` inside the node to the API server on the host's loopback, and writes
-``DIR/sandbox.json``. On SIGTERM or SIGINT, on the death of its parent (it runs with
+The supervisor stays in the host's namespaces. It removes what supervisors killed by SIGKILL
+left in slots nobody holds, claims a slot (an abstract unix socket, freed by the kernel when its
+holder dies, so a killed session never blocks a slot), creates the node's cgroup root, starts
+the init of the namespaces, links the node's network namespace to the host with a veth pair,
+forwards ``127.0.0.1:PORT`` inside the node to the API server on the host's loopback, and
+writes ``DIR/sandbox.json``. On SIGTERM or SIGINT, on the death of its parent (it runs with
 PDEATHSIG=TERM) or when the init dies, it kills everything in the namespaces and removes the
 cgroups and the veth before it exits.
 
@@ -45,7 +45,6 @@ SLOTS = 64
 SLOT_SOCKET = "mlcd-testenv-node-{slot}"  # abstract unix socket name (host network namespace)
 CGROUP_PREFIX = "mlcd-node-"  # + slot: the kubelet's cgroupRoot in every hierarchy
 VETH_PREFIX = "mlcdn"  # + slot: the host end of the veth pair
-CGROUP_MOUNTS = Path("/sys/fs/cgroup")
 TOOLS_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 
 # What the kubelet sets at start (k8s.io/kubernetes pkg/kubelet/cm, setupKernelTunables); the
@@ -322,6 +321,15 @@ def say(message: str) -> None:
 
 
 def supervise(directory: Path, api_port: int) -> int:
+    stopping = False
+
+    def stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    # Before anything is made on the host: a stop from now on is a teardown.
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     directory.mkdir(parents=True, exist_ok=True)
     cleaned = clean_free_slots()  # what killed supervisors left
     if cleaned:
@@ -330,43 +338,13 @@ def supervise(directory: Path, api_port: int) -> int:
     addresses = Addresses.of(slot)
     veth = f"{VETH_PREFIX}{slot}"
     say(f"slot {slot}: node {addresses.node_ip}, pods {addresses.pod_subnet}")
-    cgroup_root = make_cgroup_root(slot)
-    init_ready = directory / "init.ready"
-    init_ready.unlink(missing_ok=True)
-    unshare = subprocess.Popen(
-        [
-            "setpriv",
-            "--pdeathsig",
-            "KILL",
-            "--",
-            "unshare",
-            "--pid",
-            "--fork",
-            "--kill-child",
-            "--mount-proc",
-            "--net",
-            "--mount",
-            "--propagation",
-            "private",
-            "--",
-            sys.executable,
-            __file__,
-            "init",
-            "--ready-file",
-            str(init_ready),
-        ],
-        env=_tools_env(),
-    )
-    stopping = False
-
-    def stop(signum: int, frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    unshare: subprocess.Popen[bytes] | None = None
     init_pid = 0
     try:
+        cgroup_root = make_cgroup_root(slot)
+        init_ready = directory / "init.ready"
+        init_ready.unlink(missing_ok=True)
+        unshare = _start_init(init_ready)
         deadline = time.monotonic() + 20
         while not init_ready.exists():
             if stopping or unshare.poll() is not None or time.monotonic() > deadline:
@@ -389,6 +367,33 @@ def supervise(directory: Path, api_port: int) -> int:
         _teardown(unshare, init_pid, slot, veth)
 
 
+def _start_init(ready_file: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [
+            "setpriv",
+            "--pdeathsig",
+            "KILL",
+            "--",
+            "unshare",
+            "--pid",
+            "--fork",
+            "--kill-child",
+            "--mount-proc",
+            "--net",
+            "--mount",
+            "--propagation",
+            "private",
+            "--",
+            sys.executable,
+            __file__,
+            "init",
+            "--ready-file",
+            str(ready_file),
+        ],
+        env=_tools_env(),
+    )
+
+
 async def _serve(
     listener: socket.socket,
     port: int,
@@ -401,14 +406,16 @@ async def _serve(
             await asyncio.sleep(0.1)
 
 
-def _teardown(unshare: subprocess.Popen[bytes], init_pid: int, slot: int, veth: str) -> None:
+def _teardown(unshare: subprocess.Popen[bytes] | None, init_pid: int, slot: int, veth: str) -> None:
     # SIGKILL to PID 1 of the namespace: the kernel kills every process in it.
-    for pid in (init_pid, unshare.pid):
-        if pid:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-    unshare.wait()
-    left = remove_cgroups(slot_cgroups(slot))
+    if unshare is not None:
+        for pid in (init_pid, unshare.pid):
+            if pid:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        unshare.wait()
+    # Within the stack's grace period (5 s) before it would SIGKILL this process.
+    left = remove_cgroups(slot_cgroups(slot), timeout=4.0)
     for name in slot_veths(slot):
         remove_veth(name)
     say(f"stopped; {'cgroups left: ' + str(left) if left else 'nothing left'} ({veth})")
