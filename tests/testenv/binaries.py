@@ -29,6 +29,15 @@ BINARIES: dict[str, str] = {
     "jobset": "MLCD_JOBSET",
     "trainer": "MLCD_TRAINER",
     "katib-crds": "MLCD_KATIB_CRDS",
+    # the real node
+    "kubelet": "MLCD_KUBELET",
+    "kube-proxy": "MLCD_KUBE_PROXY",
+    "coredns": "MLCD_COREDNS",
+    "containerd": "MLCD_CONTAINERD",
+    "ctr": "MLCD_CTR",
+    "runc": "MLCD_RUNC",
+    "cni-plugins": "MLCD_CNI_PLUGINS",  # a directory
+    "busybox": "MLCD_BUSYBOX",  # statically linked: the base layer of the node's images
 }
 
 

@@ -50,11 +50,13 @@ class Component:
         return ComponentError(self.name, reason, log)
 
     # -- helpers for subclasses ----------------------------------------------------------------
-    def spawn(self, argv: list[str], env: dict[str, str] | None = None) -> Process:
+    def spawn(
+        self, argv: list[str], env: dict[str, str] | None = None, death_signal: str = "KILL"
+    ) -> Process:
         self.dir.mkdir(parents=True, exist_ok=True)
         process = Process(self.name, argv, self.stack.log_dir / f"{self.name}.log", env=env)
         self.processes.append(process)
-        process.start(die_with_parent=not self.stack.detach)
+        process.start(die_with_parent=not self.stack.detach, death_signal=death_signal)
         return process
 
     @property

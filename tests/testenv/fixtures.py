@@ -19,6 +19,7 @@ from testenv.cluster import Cluster
 from testenv.haproxy import HAProxy
 from testenv.kube import NODE_NAME, KubeAPIServer
 from testenv.minio import MinIO
+from testenv.node import RealNode
 from testenv.prometheus import Prometheus, PrometheusAPI
 from testenv.stack import Stack
 
@@ -26,6 +27,7 @@ from testenv.stack import Stack
 STACK_FIXTURES = (
     "apiserver",
     "nodes",
+    "real_node",
     "minio",
     "prometheus",
     "haproxy",
@@ -47,6 +49,11 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers", "nodes: needs simulated nodes (kube-scheduler + kwok); added automatically"
     )
     config.addinivalue_line(
+        "markers",
+        "real_node: needs the real node (kubelet, containerd, kube-proxy, CoreDNS); "
+        "added automatically",
+    )
+    config.addinivalue_line(
         "markers", "stack: uses a real component of the test stack; added automatically"
     )
     # SIGTERM (CI cancelling the job) unwinds like Ctrl-C, so fixture teardown runs.
@@ -60,6 +67,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         names = set(getattr(item, "fixturenames", ()))
         if "nodes" in names:
             item.add_marker(pytest.mark.nodes)
+        if "real_node" in names:
+            item.add_marker(pytest.mark.real_node)
         if names & set(STACK_FIXTURES):
             item.add_marker(pytest.mark.stack)
 
@@ -118,6 +127,17 @@ def nodes(testenv_stack: Stack, apiserver: Cluster) -> list[str]:
     """kube-scheduler + kwok + one simulated node; the names of the Ready nodes."""
     testenv_stack.up("nodes")
     return [NODE_NAME]
+
+
+@pytest.fixture(scope="session")
+def real_node(testenv_stack: Stack, apiserver: Cluster) -> RealNode:
+    """A real node (kubelet, containerd, runc, CNI, kube-proxy, CoreDNS) where pods execute.
+
+    Pods land there only when they ask (``real_node.placement`` or ``real_node.pod_spec()``);
+    images come from ``real_node.import_images`` (there is no registry).
+    """
+    testenv_stack.up("real_node")
+    return RealNode.of(testenv_stack)
 
 
 @pytest.fixture(scope="session")

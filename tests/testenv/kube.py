@@ -116,6 +116,7 @@ class KubeAPIServer(Component):
     def start(self) -> None:
         pki_dir = self.dir / "pki"
         ca = CertificateAuthority(pki_dir)
+        self.authority = ca  # issues the identities of components that start later
         self.ca = ca.cert
         serving = ca.issue(
             "apiserver",
@@ -154,6 +155,10 @@ class KubeAPIServer(Component):
             self.kubeconfigs[user] = write_kubeconfig(
                 self.dir / f"{user}.kubeconfig", self.url, ca.cert, pair, common_name
             )
+        # The API server's identity towards kubelets (logs, exec, port-forward).
+        kubelet_client = ca.issue(
+            "kubelet-client", "kube-apiserver-kubelet-client", ("system:masters",), client=True
+        )
         etcd = self.stack.component("etcd")
         assert isinstance(etcd, Etcd)
         self.spawn(
@@ -167,7 +172,8 @@ class KubeAPIServer(Component):
                 f"--tls-private-key-file={serving.key}",
                 f"--client-ca-file={ca.cert}",
                 f"--etcd-servers={etcd.url}",
-                "--authorization-mode=RBAC",
+                # Node: a kubelet may read what its own pods need, as in any real cluster.
+                "--authorization-mode=Node,RBAC",
                 f"--service-account-issuer={SA_ISSUER}",
                 f"--service-account-key-file={self.sa_key.cert}",
                 f"--service-account-signing-key-file={self.sa_key.key}",
@@ -182,6 +188,10 @@ class KubeAPIServer(Component):
                 f"--proxy-client-key-file={front_proxy.key}",
                 # No kubelets serve the "kubernetes" Service; loopback is no valid endpoint.
                 "--endpoint-reconciler-type=none",
+                # A real node's kubelet listens on its InternalIP; its name resolves nowhere.
+                "--kubelet-preferred-address-types=InternalIP,Hostname",
+                f"--kubelet-client-certificate={kubelet_client.cert}",
+                f"--kubelet-client-key={kubelet_client.key}",
                 "--profiling=false",
             ]
         )

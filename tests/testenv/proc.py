@@ -44,11 +44,12 @@ def tail(path: Path, lines: int = 40) -> str:
     return "\n".join(data.splitlines()[-lines:])
 
 
-def _pdeathsig_prefix() -> list[str]:
+def _pdeathsig_prefix(death_signal: str = "KILL") -> list[str]:
     # The child gets SIGKILL when the process that started it dies, even by SIGKILL, so a killed
     # test run leaves nothing behind. setpriv (util-linux) sets it and then execs the command.
+    # A child that must undo changes to the host gets SIGTERM instead and cleans up itself.
     setpriv = shutil.which("setpriv")
-    return [setpriv, "--pdeathsig", "KILL", "--"] if setpriv else []
+    return [setpriv, "--pdeathsig", death_signal, "--"] if setpriv else []
 
 
 class Process:
@@ -70,10 +71,11 @@ class Process:
         self.pid: int | None = None
         self._popen: subprocess.Popen[bytes] | None = None
 
-    def start(self, die_with_parent: bool = True) -> None:
-        """Start without waiting. With ``die_with_parent`` the child dies with this process."""
+    def start(self, die_with_parent: bool = True, death_signal: str = "KILL") -> None:
+        """Start without waiting. With ``die_with_parent`` the child gets ``death_signal`` when
+        this process dies."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        argv = (_pdeathsig_prefix() if die_with_parent else []) + self.argv
+        argv = (_pdeathsig_prefix(death_signal) if die_with_parent else []) + self.argv
         env = {**os.environ, **self.env} if self.env is not None else None
         with self.log_path.open("ab") as log:
             log.write(f"$ {' '.join(self.argv)}\n".encode())

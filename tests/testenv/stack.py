@@ -14,6 +14,7 @@ from testenv.haproxy import HAProxy
 from testenv.kube import Etcd, KubeAPIServer, KubeControllerManager, KubeScheduler, Kwok
 from testenv.kubeflow import JobSet, KatibCRDs, Trainer, TrainingOperator
 from testenv.minio import MinIO
+from testenv.node import Containerd, CoreDNS, Kubelet, KubeProxy, NodeSandbox
 from testenv.proc import ComponentError, pid_alive, stop_groups
 from testenv.prometheus import Prometheus
 
@@ -32,6 +33,11 @@ COMPONENTS: dict[str, type[Component]] = {
         JobSet,
         Trainer,
         KatibCRDs,
+        NodeSandbox,
+        Containerd,
+        Kubelet,
+        KubeProxy,
+        CoreDNS,
     )
 }
 
@@ -46,6 +52,17 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "training_operator": ("training-operator",),
     "trainer": ("jobset", "trainer"),
     "katib_crds": ("katib-crds",),
+    "real_node": (
+        "etcd",
+        "kube-apiserver",
+        "kube-controller-manager",
+        "kube-scheduler",
+        "node-sandbox",
+        "containerd",
+        "kubelet",
+        "kube-proxy",
+        "coredns",
+    ),
 }
 
 POLL = 0.05
