@@ -158,8 +158,10 @@ def test_server_errors_and_timeouts_are_retried(
 def test_retries_used_up_are_unavailable_never_a_value(prometheus: PrometheusAPI, job: str) -> None:
     front = _flaky_front(prometheus.url, failures=10, fault="503")
     try:
-        with PrometheusProvider(f"http://{front.address}", retries=2, backoff=0.01) as p:
-            with pytest.raises(PrometheusUnavailable, match="HTTP 503"):
-                p.query(f'mlcd_probe_value{{job="{job}",model="b"}}')
+        with (
+            PrometheusProvider(f"http://{front.address}", retries=2, backoff=0.01) as p,
+            pytest.raises(PrometheusUnavailable, match="HTTP 503"),
+        ):
+            p.query(f'mlcd_probe_value{{job="{job}",model="b"}}')
     finally:
         front.stop()

@@ -60,7 +60,7 @@ class PrometheusProvider:
 
     def query(self, promql: str) -> float | None:
         data = self._get("/api/v1/query", {"query": promql}, promql)
-        kind, result = data.get("resultType"), data.get("result")
+        kind, result = data.get("resultType"), data.get("result") or []
         if kind == "scalar":
             return _number(result[1], promql)
         if kind != "vector":
@@ -96,10 +96,8 @@ class PrometheusProvider:
                     f"{response.text[:200]}"
                 ) from None
             if body.get("status") != "success":
-                raise QueryError(
-                    f"query {promql!r} refused: {body.get('errorType', '')} {body.get('error', '')}"
-                    .strip()
-                )
+                why = f"{body.get('errorType', '')} {body.get('error', '')}".strip()
+                raise QueryError(f"query {promql!r} refused: {why}")
             data: dict[str, Any] = body["data"]
             return data
         raise PrometheusUnavailable(

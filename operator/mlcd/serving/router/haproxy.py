@@ -1,0 +1,419 @@
+"""HAProxy as the local traffic router: one process per pipeline, driven by its runtime API.
+
+Weights change live through the admin socket (``set weight``), so no request is dropped and no
+process restarts. HAProxy has no mirroring of its own; a short Lua action (HAProxy's embedded
+Lua, in Debian's build) copies every POST to the candidate from a background task, after the
+request was buffered, and discards the answer. The mirror is switched on and off, and its
+share set, through the weight of the candidate in a second backend, ``mirror``, which the Lua
+action reads: everything is one runtime API.
+
+Metrics: HAProxy's own Prometheus exporter on a second port (requests and errors per server);
+the model servers' ``/metrics`` (latency histograms, shadow comparisons). With ``targets_dir``
+the router writes Prometheus file-discovery targets for all three, labelled by pipeline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pathlib
+import shutil
+import socket
+import subprocess
+import time
+import urllib.parse
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from mlcd.domain.rollout import Builtins, Targets
+from mlcd.errors import PermanentError, TemporaryError
+from mlcd.ports import Routes, ServingKey
+from mlcd.processes import alive, free_port, kill_group
+
+SPLIT, MIRROR = "split", "mirror"
+#: Where nothing listens: the candidate server's address while there is no candidate.
+NOWHERE = ("127.0.0.1", 9)
+
+_RESPONSES = 'haproxy_server_http_responses_total{proxy="split",server="{{ canary }}"'
+_PREDICT = 'request_predict_seconds_bucket{mlcd_server="{{ canary }}"}[{{ interval }}]'
+_SHADOW = 'mlcd_shadow_predictions_total{mlcd_server="{{ canary }}"}[{{ interval }}]'
+_DISAGREE = 'mlcd_shadow_disagreements_total{mlcd_server="{{ canary }}"}[{{ interval }}]'
+#: The router's built-in queries: HAProxy's counters for requests and errors (what clients
+#: got), the model server's histogram for latency, the shadow comparison's counters.
+BUILTINS = Builtins(
+    requests=f"sum(increase({_RESPONSES}}}[{{{{ interval }}}}]))",
+    success_rate=(
+        f'sum(increase({_RESPONSES},code!="5xx"}}[{{{{ interval }}}}]))'
+        f" / sum(increase({_RESPONSES}}}[{{{{ interval }}}}]))"
+    ),
+    latency_p99=f"histogram_quantile(0.99, sum by (le) (rate({_PREDICT})))",
+    shadow_requests=f"sum(increase({_SHADOW}))",
+    shadow_disagreement=f"sum(increase({_DISAGREE})) / sum(increase({_SHADOW}))",
+    shadow_latency_p99=f"histogram_quantile(0.99, sum by (le) (rate({_PREDICT})))",
+)
+
+# Copies a buffered POST to the candidate from a task of its own; the client's request goes on
+# at once. The candidate in backend "mirror" says where, and its weight how often (percent).
+MIRROR_LUA = """\
+core.register_action("mlcd_mirror", {"http-req"}, function(txn)
+  local backend = core.backends["mirror"]
+  if backend == nil then return end
+  local server = nil
+  for _, s in pairs(backend.servers) do server = s end
+  if server == nil then return end
+  local share = server:get_weight()
+  if share <= 0 or txn.sf:method() ~= "POST" then return end
+  if share < 100 and math.random(100) > share then return end
+  local body = txn.sf:req_body() or ""
+  local length = tonumber(txn.sf:req_hdr("content-length") or "")
+  if length ~= nil and length ~= #body then return end -- larger than the buffer: no half copy
+  local url = "http://" .. server:get_addr() .. txn.sf:pathq()
+  local headers = {["content-length"] = {tostring(#body)}, ["x-mlcd-mirror"] = {"1"}}
+  local kind = txn.sf:req_hdr("content-type")
+  if kind ~= nil and kind ~= "" then headers["content-type"] = {kind} end
+  core.register_task(function()
+    core.httpclient():post{url = url, headers = headers, body = body, timeout = 30000}
+  end)
+end)
+"""
+
+
+def haproxy_binary() -> str:
+    """``MLCD_HAPROXY``, else haproxy on PATH or in /usr/sbin (Debian's package)."""
+    configured = os.environ.get("MLCD_HAPROXY")
+    found = configured or shutil.which("haproxy", path=f"{os.environ.get('PATH', '')}:/usr/sbin")
+    if not found:
+        raise PermanentError(
+            "haproxy is not installed: run hack/bootstrap --only debian (apt-get install haproxy)"
+            " or set MLCD_HAPROXY"
+        )
+    return found
+
+
+def _address(url: str) -> tuple[str, int]:
+    parsed = urllib.parse.urlsplit(url)
+    if not parsed.hostname or not parsed.port:
+        raise PermanentError(f"an upstream needs host and port: {url!r}")
+    return parsed.hostname, parsed.port
+
+
+class Runtime:
+    """HAProxy's runtime API on its admin socket: one command per connection."""
+
+    def __init__(self, path: pathlib.Path) -> None:
+        self.path = path
+
+    def command(self, line: str, timeout: float = 5.0) -> str:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect(str(self.path))
+            sock.sendall(line.encode() + b"\n")
+            chunks = []
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+        return b"".join(chunks).decode()
+
+    def checked(self, line: str) -> str:
+        answer = self.command(line).strip()
+        if any(w in answer.lower() for w in ("unknown", "error", "not found", "failed", "require")):
+            raise TemporaryError(f"haproxy refused {line!r}: {answer}", delay=1.0)
+        return answer
+
+    def weight(self, backend: str, server: str) -> int:
+        return int(self.checked(f"get weight {backend}/{server}").split()[0])
+
+    def admin_state(self, backend: str, server: str) -> int:
+        """srv_admin_state of ``show servers state`` (bit 0x01: maintenance)."""
+        lines = self.command(f"show servers state {backend}").splitlines()
+        header = next((line for line in lines if line.startswith("# be_id")), "")
+        names = header.lstrip("# ").split()
+        for line in lines[2:]:
+            values = dict(zip(names, line.split(), strict=False))
+            if values.get("srv_name") == server:
+                return int(values["srv_admin_state"])
+        raise TemporaryError(f"haproxy has no server {backend}/{server}", delay=1.0)
+
+
+@dataclass(frozen=True)
+class Proxy:
+    """A running HAProxy of one pipeline, as recorded in its folder."""
+
+    pid: int
+    url: str
+    metrics: str
+    stable: str
+    candidate: str | None
+
+
+class LocalRouter:
+    """Implements the TrafficRouter port with one HAProxy per pipeline on loopback."""
+
+    def __init__(
+        self,
+        home: pathlib.Path,
+        port: int = 0,
+        host: str = "127.0.0.1",
+        targets_dir: pathlib.Path | None = None,
+        start_timeout: float = 20.0,
+    ) -> None:
+        self.home, self.port, self.host = home, port, host
+        self.targets_dir, self.start_timeout = targets_dir, start_timeout
+
+    # -- where things are ------------------------------------------------------------------------
+    def _dir(self, key: ServingKey) -> pathlib.Path:
+        path = self.home / "router" / key.slug
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def _runtime(self, key: ServingKey) -> Runtime:
+        return Runtime(self._dir(key) / "admin.sock")
+
+    @staticmethod
+    def _names(key: ServingKey) -> tuple[str, str]:
+        return f"{key.slug}.stable", f"{key.slug}.candidate"
+
+    def _record(self, key: ServingKey) -> dict[str, Any]:
+        try:
+            data: dict[str, Any] = json.loads((self._dir(key) / "router.json").read_text())
+        except (OSError, ValueError):
+            return {}
+        return data
+
+    def _save(self, key: ServingKey, data: dict[str, Any]) -> None:
+        path = self._dir(key) / "router.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=2))
+        tmp.replace(path)
+
+    def running(self, key: ServingKey) -> Proxy | None:
+        data = self._record(key)
+        if not data or not alive(int(data["pid"])):
+            return None
+        try:
+            self._runtime(key).command("show info", timeout=2.0)
+        except OSError:
+            return None
+        return Proxy(
+            int(data["pid"]), data["url"], data["metrics"], data["stable"], data.get("candidate")
+        )
+
+    # -- the port --------------------------------------------------------------------------------
+    def reconcile(self, key: ServingKey, stable: str, candidate: str | None) -> str:
+        proxy = self.running(key)
+        if proxy is None:
+            proxy = self._start(key, stable, candidate)
+        else:
+            runtime = self._runtime(key)
+            stable_name, _ = self._names(key)
+            if proxy.stable != stable:
+                host, port = _address(stable)
+                runtime.checked(f"set server {SPLIT}/{stable_name} addr {host} port {port}")
+            if proxy.candidate != candidate:
+                self._attach(runtime, key, candidate)
+            data = self._record(key)
+            data.update(stable=stable, candidate=candidate)
+            self._save(key, data)
+        self._write_targets(key, stable, candidate)
+        return proxy.url
+
+    def _attach(self, runtime: Runtime, key: ServingKey, candidate: str | None) -> None:
+        """The old candidate leaves, or a new one arrives, with no traffic and no mirror."""
+        stable_name, name = self._names(key)
+        runtime.checked(f"set weight {SPLIT}/{stable_name} 100")
+        for backend in (SPLIT, MIRROR):
+            runtime.checked(f"set weight {backend}/{name} 0")
+        host, port = _address(candidate) if candidate else NOWHERE
+        for backend in (SPLIT, MIRROR):
+            runtime.checked(f"set server {backend}/{name} addr {host} port {port}")
+            state = "ready" if candidate else "maint"
+            runtime.checked(f"set server {backend}/{name} state {state}")
+
+    def set_weights(self, key: ServingKey, canary: int) -> None:
+        if not 0 <= canary <= 100:
+            raise ValueError(f"canary weight must be in [0, 100] (got {canary})")
+        proxy = self._require(key)
+        if canary and proxy.candidate is None:
+            raise PermanentError(f"{key}: no candidate to send {canary}% of traffic to")
+        runtime = self._runtime(key)
+        stable_name, candidate_name = self._names(key)
+        # In an order that never leaves both at 0.
+        first, second = (candidate_name, canary), (stable_name, 100 - canary)
+        if canary < runtime.weight(SPLIT, candidate_name):
+            first, second = second, first
+        for name, weight in (first, second):
+            runtime.checked(f"set weight {SPLIT}/{name} {weight}")
+
+    def set_mirror(self, key: ServingKey, on: bool) -> None:
+        proxy = self._require(key)
+        if on and proxy.candidate is None:
+            raise PermanentError(f"{key}: no candidate to mirror traffic to")
+        _, name = self._names(key)
+        self._runtime(key).checked(f"set weight {MIRROR}/{name} {100 if on else 0}")
+
+    def routes(self, key: ServingKey) -> Routes | None:
+        proxy = self.running(key)
+        if proxy is None:
+            return None
+        runtime = self._runtime(key)
+        _, name = self._names(key)
+        attached = proxy.candidate is not None and not runtime.admin_state(SPLIT, name) & 1
+        return Routes(
+            canary_weight=runtime.weight(SPLIT, name) if attached else 0,
+            mirror=attached and runtime.weight(MIRROR, name) > 0,
+            candidate=attached,
+        )
+
+    def candidate_ready(self, key: ServingKey) -> bool:
+        proxy = self.running(key)
+        if proxy is None or proxy.candidate is None:
+            return False
+        try:
+            response = httpx.get(f"{proxy.candidate}/v2/health/ready", timeout=2.0)
+        except httpx.HTTPError:
+            return False
+        return response.status_code == 200
+
+    def targets(self, key: ServingKey) -> Targets:
+        stable_name, candidate_name = self._names(key)
+        return Targets(
+            namespace=key.namespace, canary=candidate_name, stable=stable_name, builtins=BUILTINS
+        )
+
+    def finalize(self, key: ServingKey) -> None:
+        data = self._record(key)
+        if data and alive(int(data["pid"])):
+            kill_group(int(data["pid"]), grace=5.0)
+        if self.targets_dir is not None:
+            (self.targets_dir / f"{key.slug}.json").unlink(missing_ok=True)
+        shutil.rmtree(self._dir(key), ignore_errors=True)
+
+    def url(self, key: ServingKey) -> str | None:
+        proxy = self.running(key)
+        return proxy.url if proxy else None
+
+    # -- the process -----------------------------------------------------------------------------
+    def _require(self, key: ServingKey) -> Proxy:
+        proxy = self.running(key)
+        if proxy is None:
+            raise TemporaryError(f"{key}: the router is not running", delay=1.0)
+        return proxy
+
+    def _config(self, key: ServingKey, port: int, metrics: int, stable: str) -> str:
+        folder = self._dir(key)
+        stable_name, candidate_name = self._names(key)
+        host, stable_port = _address(stable)
+        nowhere = f"{NOWHERE[0]}:{NOWHERE[1]}"
+        return "\n".join(
+            [
+                "global",
+                f"    stats socket {folder / 'admin.sock'} mode 600 level admin",
+                "    stats timeout 30s",
+                f"    lua-load {folder / 'mirror.lua'}",
+                "    maxconn 1000",
+                # Inference requests are buffered whole, so a mirror gets the whole body.
+                "    tune.bufsize 262144",
+                "defaults",
+                "    mode http",
+                "    timeout connect 2s",
+                "    timeout client 60s",
+                "    timeout server 60s",
+                # A connection refused by one server is retried on the other; an answer never.
+                "    option redispatch",
+                "    retries 2",
+                "frontend main",
+                f"    bind {self.host}:{port}",
+                "    option http-buffer-request",
+                "    http-request lua.mlcd_mirror",
+                f"    default_backend {SPLIT}",
+                "frontend metrics",
+                f"    bind {self.host}:{metrics}",
+                "    http-request use-service prometheus-exporter if { path /metrics }",
+                f"backend {SPLIT}",
+                "    balance roundrobin",
+                "    option httpchk GET /v2/health/live",
+                f"    server {stable_name} {host}:{stable_port} weight 100 check inter 1s",
+                f"    server {candidate_name} {nowhere} weight 0 check inter 1s disabled",
+                f"backend {MIRROR}",
+                f"    server {candidate_name} {nowhere} weight 0 disabled",
+                "",
+            ]
+        )
+
+    def _start(self, key: ServingKey, stable: str, candidate: str | None) -> Proxy:
+        folder = self._dir(key)
+        old = self._record(key)
+        if old.get("pid") and alive(int(old["pid"])):
+            kill_group(int(old["pid"]), grace=5.0)  # recorded but not answering
+        port = self.port or int(old.get("port") or 0) or free_port(self.host)
+        metrics = int(old.get("metrics_port") or 0) or free_port(self.host)
+        (folder / "mirror.lua").write_text(MIRROR_LUA)
+        (folder / "haproxy.cfg").write_text(self._config(key, port, metrics, stable))
+        (folder / "admin.sock").unlink(missing_ok=True)
+        with (folder / "haproxy.log").open("ab") as out:
+            process = subprocess.Popen(
+                [haproxy_binary(), "-db", "-f", str(folder / "haproxy.cfg")],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        url = f"http://{self.host}:{port}"
+        record = {
+            "pid": process.pid,
+            "port": port,
+            "metrics_port": metrics,
+            "url": url,
+            "metrics": f"http://{self.host}:{metrics}/metrics",
+            "stable": stable,
+            "candidate": None,
+        }
+        self._save(key, record)
+        deadline = time.monotonic() + self.start_timeout
+        while self.running(key) is None:
+            if process.poll() is not None or time.monotonic() > deadline:
+                kill_group(process.pid, grace=2.0)
+                log = (folder / "haproxy.log").read_text(errors="replace")[-2000:]
+                raise TemporaryError(f"haproxy for {key} did not start:\n{log}", delay=5.0)
+            time.sleep(0.05)
+        if candidate is not None:
+            self._attach(self._runtime(key), key, candidate)
+            record["candidate"] = candidate
+            self._save(key, record)
+        return Proxy(process.pid, url, str(record["metrics"]), stable, candidate)
+
+    def _write_targets(self, key: ServingKey, stable: str, candidate: str | None) -> None:
+        if self.targets_dir is None:
+            return
+        labels = {"mlcd_namespace": key.namespace, "mlcd_pipeline": key.pipeline}
+        record = self._record(key)
+        stable_name, candidate_name = self._names(key)
+        groups = [
+            {
+                "targets": [urllib.parse.urlsplit(record["metrics"]).netloc],
+                "labels": {"job": "mlcd-router", **labels},
+            },
+            {
+                "targets": ["{}:{}".format(*_address(stable))],
+                "labels": {"job": "mlcd-model-server", "mlcd_server": stable_name, **labels},
+            },
+        ]
+        if candidate is not None:
+            groups.append(
+                {
+                    "targets": ["{}:{}".format(*_address(candidate))],
+                    "labels": {
+                        "job": "mlcd-model-server",
+                        "mlcd_server": candidate_name,
+                        **labels,
+                    },
+                }
+            )
+        self.targets_dir.mkdir(parents=True, exist_ok=True)
+        path = self.targets_dir / f"{key.slug}.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(groups, indent=2))
+        with contextlib.suppress(FileNotFoundError):
+            tmp.replace(path)
