@@ -20,12 +20,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from kserve.errors import InferenceError
 
 from mlcd.domain.spec import duration_seconds
 
 
-class InjectedFault(RuntimeError):
-    """The error a faulty server answers with (HTTP 500)."""
+class InjectedFault(InferenceError):  # type: ignore[misc]
+    """The error a faulty server answers with: KServe's inference error, HTTP 500."""
 
 
 @dataclass(frozen=True)
