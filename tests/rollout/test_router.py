@@ -13,7 +13,7 @@ import pytest
 from mlcd.domain.rollout import resolve
 from mlcd.metrics.prometheus import PrometheusProvider
 from mlcd.ports import Routes, ServingKey
-from mlcd.serving.router.haproxy import LocalRouter, Runtime
+from mlcd.serving.router.haproxy import LocalRouter
 from rollout.servers import MODEL, ModelServer, top_class
 from testenv.prometheus import PrometheusAPI
 
@@ -22,7 +22,7 @@ KEY = ServingKey("team-a", "clf")
 
 def _served_by(router: LocalRouter, key: ServingKey) -> dict[str, int]:
     """Requests each server answered, from HAProxy's own counters (``show stat``)."""
-    lines = Runtime(router.home / "router" / key.slug / "admin.sock").command("show stat")
+    lines = router.runtime(key).command("show stat")
     rows = lines.splitlines()
     header = rows[0].lstrip("# ").split(",")
     counts = {}

@@ -15,12 +15,14 @@ the router writes Prometheus file-discovery targets for all three, labelled by p
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import pathlib
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.parse
 from dataclasses import dataclass
@@ -34,6 +36,7 @@ from mlcd.ports import Routes, ServingKey
 from mlcd.processes import alive, free_port, kill_group
 
 SPLIT, MIRROR = "split", "mirror"
+MAX_SOCKET_PATH = 97
 #: Where nothing listens: the candidate server's address while there is no candidate.
 NOWHERE = ("127.0.0.1", 9)
 
@@ -168,8 +171,21 @@ class LocalRouter:
         path.mkdir(parents=True, exist_ok=True)
         return path
 
-    def _runtime(self, key: ServingKey) -> Runtime:
-        return Runtime(self._dir(key) / "admin.sock")
+    def _socket(self, key: ServingKey) -> pathlib.Path:
+        """The admin socket: in the router's folder, or, when that path is too long for a
+        socket (HAProxy takes 97 bytes), in a private folder of this user under /tmp."""
+        path = self._dir(key) / "admin.sock"
+        if len(str(path)) <= MAX_SOCKET_PATH:
+            return path
+        private = pathlib.Path(tempfile.gettempdir()) / f"mlcd-{os.getuid()}"
+        private.mkdir(mode=0o700, exist_ok=True)
+        if private.stat().st_uid != os.getuid() or private.stat().st_mode & 0o077:
+            raise PermanentError(f"{private} is not private to this user")
+        digest = hashlib.sha256(str(path).encode()).hexdigest()[:20]
+        return private / f"{digest}.sock"
+
+    def runtime(self, key: ServingKey) -> Runtime:
+        return Runtime(self._socket(key))
 
     @staticmethod
     def _names(key: ServingKey) -> tuple[str, str]:
@@ -193,7 +209,7 @@ class LocalRouter:
         if not data or not alive(int(data["pid"])):
             return None
         try:
-            self._runtime(key).command("show info", timeout=2.0)
+            self.runtime(key).command("show info", timeout=2.0)
         except OSError:
             return None
         return Proxy(
@@ -206,7 +222,7 @@ class LocalRouter:
         if proxy is None:
             proxy = self._start(key, stable, candidate)
         else:
-            runtime = self._runtime(key)
+            runtime = self.runtime(key)
             stable_name, _ = self._names(key)
             if proxy.stable != stable:
                 host, port = _address(stable)
@@ -237,7 +253,7 @@ class LocalRouter:
         proxy = self._require(key)
         if canary and proxy.candidate is None:
             raise PermanentError(f"{key}: no candidate to send {canary}% of traffic to")
-        runtime = self._runtime(key)
+        runtime = self.runtime(key)
         stable_name, candidate_name = self._names(key)
         # In an order that never leaves both at 0.
         first, second = (candidate_name, canary), (stable_name, 100 - canary)
@@ -251,13 +267,13 @@ class LocalRouter:
         if on and proxy.candidate is None:
             raise PermanentError(f"{key}: no candidate to mirror traffic to")
         _, name = self._names(key)
-        self._runtime(key).checked(f"set weight {MIRROR}/{name} {100 if on else 0}")
+        self.runtime(key).checked(f"set weight {MIRROR}/{name} {100 if on else 0}")
 
     def routes(self, key: ServingKey) -> Routes | None:
         proxy = self.running(key)
         if proxy is None:
             return None
-        runtime = self._runtime(key)
+        runtime = self.runtime(key)
         _, name = self._names(key)
         attached = proxy.candidate is not None and not runtime.admin_state(SPLIT, name) & 1
         return Routes(
@@ -288,6 +304,7 @@ class LocalRouter:
             kill_group(int(data["pid"]), grace=5.0)
         if self.targets_dir is not None:
             (self.targets_dir / f"{key.slug}.json").unlink(missing_ok=True)
+        self._socket(key).unlink(missing_ok=True)
         shutil.rmtree(self._dir(key), ignore_errors=True)
 
     def url(self, key: ServingKey) -> str | None:
@@ -309,7 +326,7 @@ class LocalRouter:
         return "\n".join(
             [
                 "global",
-                f"    stats socket {folder / 'admin.sock'} mode 600 level admin",
+                f"    stats socket {self._socket(key)} mode 600 level admin",
                 "    stats timeout 30s",
                 f"    lua-load {folder / 'mirror.lua'}",
                 "    maxconn 1000",
@@ -351,7 +368,7 @@ class LocalRouter:
         metrics = int(old.get("metrics_port") or 0) or free_port(self.host)
         (folder / "mirror.lua").write_text(MIRROR_LUA)
         (folder / "haproxy.cfg").write_text(self._config(key, port, metrics, stable))
-        (folder / "admin.sock").unlink(missing_ok=True)
+        self._socket(key).unlink(missing_ok=True)
         with (folder / "haproxy.log").open("ab") as out:
             process = subprocess.Popen(
                 [haproxy_binary(), "-db", "-f", str(folder / "haproxy.cfg")],
@@ -379,7 +396,7 @@ class LocalRouter:
                 raise TemporaryError(f"haproxy for {key} did not start:\n{log}", delay=5.0)
             time.sleep(0.05)
         if candidate is not None:
-            self._attach(self._runtime(key), key, candidate)
+            self._attach(self.runtime(key), key, candidate)
             record["candidate"] = candidate
             self._save(key, record)
         return Proxy(process.pid, url, str(record["metrics"]), stable, candidate)
