@@ -116,11 +116,9 @@ class Driver:
                 self.router.reconcile(self.key, self.stable.url, self.candidate.url)
                 self.attached = True
             elif isinstance(intent, SetWeights):
-                if intent.canary or self.attached:
-                    self.router.set_weights(self.key, intent.canary)
+                self.router.set_weights(self.key, intent.canary)
             elif isinstance(intent, SetMirror):
-                if intent.on or self.attached:
-                    self.router.set_mirror(self.key, intent.on)
+                self.router.set_mirror(self.key, intent.on)
             elif isinstance(intent, ServeStable):
                 self._serve_stable(intent.version)
             elif isinstance(intent, RemoveCandidate):

@@ -506,3 +506,21 @@ def test_the_state_survives_a_restart_at_every_tick():
     assert saved["canaryWeight"] == 50 and saved["step"] == 2
     again = RolloutState.model_validate(saved)
     assert again == d.state
+
+
+def test_the_table_in_the_docs_is_the_table():
+    import pathlib
+
+    lines = ["| phase | seen | next phase | acts |", "|---|---|---|---|"]
+    for phase in Phase:
+        for seen in Seen:
+            row = TRANSITIONS.get((phase, seen))
+            if row is None:
+                continue
+            target = "(the phase it paused)" if seen is Seen.RESUME else row[0].value
+            acts = ", ".join(a.value for a in row[1]) or "—"
+            lines.append(f"| {phase.value} | {seen.value} | {target} | {acts} |")
+    doc = (pathlib.Path(__file__).parents[2] / "docs" / "rollout.md").read_text()
+    begin = doc.index("<!-- table:")
+    table = doc[doc.index("\n", begin) + 1 : doc.index("<!-- end of table -->")].strip()
+    assert table == "\n".join(lines)
