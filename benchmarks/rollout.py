@@ -47,8 +47,9 @@ from mlcd.metrics.prometheus import PrometheusProvider  # noqa: E402
 from mlcd.ports import ServingKey  # noqa: E402
 from mlcd.processes import free_port, kill_group  # noqa: E402
 from mlcd.serving.router.haproxy import LocalRouter  # noqa: E402
+from mlcd.serving.router.replay import Replay  # noqa: E402
 from rollout.driver import Driver  # noqa: E402
-from rollout.servers import MODEL, ModelServer, request_body, write_model  # noqa: E402
+from rollout.servers import MODEL, ModelServer, request_body, samples, write_model  # noqa: E402
 from testenv.prometheus import SCRAPE_INTERVAL, Prometheus, PrometheusAPI  # noqa: E402
 from testenv.stack import Stack  # noqa: E402
 
@@ -241,24 +242,9 @@ def decision_latency(
     try:
         driver.begin()
         prometheus.wait_for(f'up{{job="mlcd-router",mlcd_pipeline="{KEY.pipeline}"}} == 1')
-        stop = threading.Event()
-
-        def load() -> None:
-            url = router.url(KEY) or ""
-            with httpx.Client(timeout=30) as http:
-                for _ in range(20_000):  # bounded; stopped when the rollout ends
-                    if stop.is_set():
-                        return
-                    http.post(f"{url}/v2/models/{MODEL}/infer", json=request_body())
-                    time.sleep(0.01)
-
-        thread = threading.Thread(target=load)
-        thread.start()
-        try:
+        url = router.url(KEY) or ""
+        with Replay(url, MODEL, samples(), rate=100, seconds=120):
             state = driver.run({"RolledBack", "Promoted", "Failed", "Halted"}, 120, every=0.1)
-        finally:
-            stop.set()
-            thread.join()
         weights = [(t, i.canary) for t, i in driver.done if isinstance(i, SetWeights)]
         first_bad = next(t for t, w in weights if w > 0)
         back = next(t for t, w in weights if t > first_bad and w == 0)

@@ -8,9 +8,7 @@ import os
 import pathlib
 import subprocess
 import sys
-import threading
 import time
-from collections import Counter
 from collections.abc import Mapping
 
 import httpx
@@ -53,6 +51,11 @@ def write_model(folder: pathlib.Path, version: str, seed: int) -> pathlib.Path:
         )
     )
     return pointer
+
+
+def samples(count: int = 64, seed: int = 0) -> np.ndarray:
+    """Inputs for the classifier, one row each (what a replay sends)."""
+    return np.random.default_rng(seed).normal(size=(count, FEATURES)).astype(np.float32)
 
 
 def request_body(rows: int = 1, seed: int = 0) -> dict[str, object]:
@@ -140,59 +143,6 @@ class ModelServer:
         if self.process.poll() is None:
             kill_group(self.process.pid, grace=5.0)
         self.process.wait(timeout=10)
-
-
-class Load:
-    """Requests at a steady rate from a few threads, bounded in count and time; the status of
-    every answer (or the error) is counted."""
-
-    def __init__(self, url: str, rate: float, seconds: float = 120.0, threads: int = 4) -> None:
-        self.url, self.rate, self.seconds = url, rate, seconds
-        self.statuses: Counter[int | str] = Counter()
-        self.latencies: list[float] = []
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._threads = [
-            threading.Thread(target=self._run, args=(n, threads), daemon=True)
-            for n in range(threads)
-        ]
-
-    def __enter__(self) -> Load:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def stop(self) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join()
-
-    def _run(self, number: int, threads: int) -> None:
-        period = threads / self.rate
-        began = time.monotonic()
-        with httpx.Client(timeout=30) as client:
-            for i in range(int(self.seconds / period) + 1):
-                if self._stop.is_set():
-                    return
-                started = time.monotonic()
-                try:
-                    response = client.post(
-                        f"{self.url}/v2/models/{MODEL}/infer",
-                        json=request_body(seed=number * 100_000 + i),
-                    )
-                    outcome: int | str = response.status_code
-                except httpx.HTTPError as exc:
-                    outcome = type(exc).__name__
-                took = time.monotonic() - started
-                with self._lock:
-                    self.statuses[outcome] += 1
-                    self.latencies.append(took)
-                wait = began + (i + 1) * period - time.monotonic()
-                if wait > 0:
-                    self._stop.wait(wait)
 
 
 def top_class(response: httpx.Response) -> int:

@@ -14,8 +14,9 @@ from mlcd.metrics.prometheus import PrometheusProvider
 from mlcd.ports import ServingKey
 from mlcd.processes import free_port
 from mlcd.serving.router.haproxy import LocalRouter
+from mlcd.serving.router.replay import Replay
 from rollout.driver import Driver, summary
-from rollout.servers import Load, ModelServer
+from rollout.servers import MODEL, ModelServer, samples
 from testenv.prometheus import PrometheusAPI
 
 # Short intervals: Prometheus scrapes every second in the test stack.
@@ -97,7 +98,9 @@ def _five_xx(driver: Driver) -> dict[str, int]:
 def test_a_healthy_candidate_is_shadowed_stepped_and_promoted(drive, twin: ModelServer) -> None:
     rollout = {"shadow": {"minRequests": 20, "maxDisagreement": 0.01}, "steps": [50, 100]}
     driver = drive("healthy", twin, {**rollout, "metrics": CHECKS})
-    with Load(driver.router.url(driver.key) or "", rate=30) as load:
+    with Replay(
+        driver.router.url(driver.key) or "", MODEL, samples(), rate=30, seconds=120
+    ) as load:
         state = driver.run({"Promoted", "RolledBack", "Failed", "Halted"}, timeout=90)
     assert state.phase == "Promoted", (state.reason, summary(state))
     assert set(load.statuses) == {200}, load.statuses
@@ -121,7 +124,9 @@ def test_errors_of_the_candidate_roll_it_back_and_only_it_failed(
     drive, erring: ModelServer
 ) -> None:
     driver = drive("erring", erring, {"steps": [50, 100], "metrics": CHECKS})
-    with Load(driver.router.url(driver.key) or "", rate=40) as load:
+    with Replay(
+        driver.router.url(driver.key) or "", MODEL, samples(), rate=40, seconds=120
+    ) as load:
         state = driver.run({"Promoted", "RolledBack", "Failed", "Halted"}, timeout=90)
         load.stop()
     assert state.phase == "RolledBack", (state.reason, summary(state))
@@ -138,7 +143,9 @@ def test_errors_of_the_candidate_roll_it_back_and_only_it_failed(
 def test_a_wrong_predicting_candidate_is_stopped_in_shadow(drive, contrary: ModelServer) -> None:
     rollout = {"shadow": {"minRequests": 20, "maxDisagreement": 0.05}, "steps": [100]}
     driver = drive("contrary", contrary, {**rollout, "metrics": CHECKS})
-    with Load(driver.router.url(driver.key) or "", rate=30) as load:
+    with Replay(
+        driver.router.url(driver.key) or "", MODEL, samples(), rate=30, seconds=120
+    ) as load:
         state = driver.run({"Promoted", "RolledBack", "Failed", "Halted"}, timeout=60)
     assert state.phase == "RolledBack", (state.reason, summary(state))
     assert "disagreement" in state.reason
@@ -161,7 +168,7 @@ def test_prometheus_unreachable_holds_and_the_rollout_resumes_after(
 ) -> None:
     nowhere = f"http://127.0.0.1:{free_port()}"
     driver = drive("blind", twin, {"steps": [50, 100], "metrics": CHECKS}, url=nowhere)
-    with Load(driver.router.url(driver.key) or "", rate=30):
+    with Replay(driver.router.url(driver.key) or "", MODEL, samples(), rate=30, seconds=120):
         state = driver.run({"Progressing"}, timeout=30)
         for _ in range(40):  # about 10 s: three intervals without Prometheus
             state = driver.step()

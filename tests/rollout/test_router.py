@@ -14,7 +14,8 @@ from mlcd.domain.rollout import resolve
 from mlcd.metrics.prometheus import PrometheusProvider
 from mlcd.ports import Routes, ServingKey
 from mlcd.serving.router.haproxy import LocalRouter
-from rollout.servers import MODEL, ModelServer, top_class
+from mlcd.serving.router.replay import Replay
+from rollout.servers import MODEL, ModelServer, samples, top_class
 from testenv.prometheus import PrometheusAPI
 
 KEY = ServingKey("team-a", "clf")
@@ -207,3 +208,15 @@ def test_prometheus_scrapes_the_router_and_the_servers(
     finally:
         router.finalize(key)
     assert not (prometheus.targets_dir / "team-p.clf.json").exists()
+
+
+def test_replay_sends_the_samples_through_the_router(
+    router: LocalRouter, stable: ModelServer
+) -> None:
+    url = router.reconcile(KEY, stable.url, None)
+    before = stable.metric("request_predict_seconds_count")
+    with Replay(url, MODEL, samples(8), rate=40, threads=2, seconds=1.5) as replay:
+        time.sleep(2.0)  # the replay ends by itself after 1.5 s
+    assert replay.sent > 0 and set(replay.statuses) == {200}
+    assert stable.metric("request_predict_seconds_count") - before == replay.sent
+    assert _served_by(router, KEY)["stable"] == replay.sent

@@ -77,6 +77,9 @@ class StableScorer:
         self.input = self.session.get_inputs()[0].name
         self.version = str(target["version"])
         self.model_name = model_name
+        # Exported at 0 from the start: Prometheus' increase() misses a series' first value.
+        for counter in (PREDICTIONS, DISAGREEMENTS, SKIPPED):
+            counter.labels(model_name)
         self.queue: queue.Queue[tuple[np.ndarray, np.ndarray]] = queue.Queue(QUEUE_SIZE)
         threading.Thread(target=self._run, name="shadow-compare", daemon=True).start()
 
