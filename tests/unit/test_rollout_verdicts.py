@@ -131,3 +131,56 @@ def test_unknown_template_variables():
     assert unknown_variables("{{ canary }} {{ pod }}") == ["pod"]
     with pytest.raises(TemplateError, match="pod"):
         resolve("{{ pod }}", VALUES)
+
+
+def _watch_run(events, **trigger):
+    """Feeds (seconds, holds, run_active) evaluations; returns the seconds at which runs start."""
+    import datetime as dt
+
+    from mlcd.domain.rollout import DegradationWatch, watch_degradation
+    from mlcd.domain.spec import Degradation
+
+    spec = Degradation.model_validate(
+        {"query": "up == 0", "for": "60s", "cooldown": "10m", **trigger}
+    )
+    t0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    watch, fired = DegradationWatch(), []
+    for seconds, holds, active in events:
+        watch, fire = watch_degradation(
+            watch, spec, holds, active, t0 + dt.timedelta(seconds=seconds)
+        )
+        if fire:
+            fired.append(seconds)
+    return fired
+
+
+DEGRADATION = [
+    # a sustained bad metric starts exactly one run ...
+    ([(s, True, False) for s in range(0, 300, 10)], [60]),
+    # ... and another only after the cooldown, once it has held for `for` again
+    ([(s, True, False) for s in range(0, 800, 10)], [60, 660]),
+    # a condition that stops holding starts its `for` again
+    ([(0, True, False), (50, False, False), (60, True, False), (110, True, False)], []),
+    ([(0, True, False), (50, False, False), (60, True, False), (120, True, False)], [120]),
+    # no data is no evidence: it neither fires nor breaks the hold
+    ([(0, True, False), (30, None, False), (60, True, False)], [60]),
+    ([(0, None, False), (100, None, False)], []),
+    # at most one run in flight
+    ([(0, True, True), (60, True, True), (70, True, False)], [70]),
+]
+
+
+@pytest.mark.parametrize(("events", "fired"), DEGRADATION)
+def test_the_degradation_trigger_debounces(events, fired):
+    assert _watch_run(events) == fired
+
+
+def test_the_degradation_query_names_the_serving_model():
+    from mlcd.domain.rollout import Builtins, Targets, degradation_query
+    from mlcd.domain.spec import Degradation
+
+    trigger = Degradation.model_validate(
+        {"query": 'err{s="{{ stable }}",ns="{{ namespace }}"}[{{ interval }}]', "interval": "2m"}
+    )
+    targets = Targets("team-a", "a.m.candidate", "a.m.stable", Builtins(*[""] * 6))
+    assert degradation_query(trigger, targets) == 'err{s="a.m.stable",ns="team-a"}[2m]'
