@@ -9,7 +9,7 @@ import pytest
 
 from mlcd.ports import ServingKey
 from mlcd.serving.router.haproxy import LocalRouter
-from rollout.servers import ModelServer, write_model
+from rollout.servers import ModelServer, serve, write_model
 
 
 @pytest.fixture(scope="session")
@@ -22,22 +22,14 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     return folder
 
 
-def _serve(models: pathlib.Path, version: str, name: str, **env: str) -> Iterator[ModelServer]:
-    server = ModelServer(models, models / f"pointer-{version}.json", env, name=name)
-    try:
-        yield server.wait_ready()
-    finally:
-        server.stop()
-
-
 @pytest.fixture(scope="session")
 def stable(models: pathlib.Path) -> Iterator[ModelServer]:
-    yield from _serve(models, "1", "stable")
+    yield from serve(models, "1", "stable")
 
 
 @pytest.fixture(scope="session")
 def candidate(models: pathlib.Path) -> Iterator[ModelServer]:
-    yield from _serve(models, "2", "candidate")
+    yield from serve(models, "2", "candidate")
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import pathlib
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 import httpx
 import numpy as np
@@ -143,6 +143,15 @@ class ModelServer:
         if self.process.poll() is None:
             kill_group(self.process.pid, grace=5.0)
         self.process.wait(timeout=10)
+
+
+def serve(folder: pathlib.Path, version: str, name: str, **env: str) -> Iterator[ModelServer]:
+    """A server of ``version`` for a fixture: ready when yielded, stopped after."""
+    server = ModelServer(folder, folder / f"pointer-{version}.json", env, name=name)
+    try:
+        yield server.wait_ready()
+    finally:
+        server.stop()
 
 
 def top_class(response: httpx.Response) -> int:

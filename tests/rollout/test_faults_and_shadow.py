@@ -16,7 +16,7 @@ from mlcd.metrics.prometheus import PrometheusProvider
 from mlcd.ports import ServingKey
 from mlcd.serving.faults import Faults
 from mlcd.serving.router.haproxy import LocalRouter
-from rollout.servers import MODEL, ModelServer, request_body, top_class
+from rollout.servers import MODEL, ModelServer, request_body, serve, top_class
 from testenv.prometheus import PrometheusAPI
 
 
@@ -34,12 +34,8 @@ def test_the_fault_option_is_parsed_or_refused_naming_the_item():
 @pytest.fixture(scope="module")
 def faulty(models: pathlib.Path) -> Iterator[ModelServer]:
     """Version 1 answering half its requests with an error and half too late, every one wrong."""
-    env = {"MLCD_SERVING_FAULTS": "error=0.5,slow=0.5,delay=300ms,wrong=1,seed=11"}
-    server = ModelServer(models, models / "pointer-1.json", env, name="faulty")
-    try:
-        yield server.wait_ready()
-    finally:
-        server.stop()
+    faults = "error=0.5,slow=0.5,delay=300ms,wrong=1,seed=11"
+    yield from serve(models, "1", "faulty", MLCD_SERVING_FAULTS=faults)
 
 
 def test_injected_errors_slow_answers_and_wrong_predictions(
@@ -73,15 +69,13 @@ def test_injected_errors_slow_answers_and_wrong_predictions(
 @pytest.fixture(scope="module")
 def shadow(models: pathlib.Path, stable: ModelServer) -> Iterator[ModelServer]:
     """Version 3 (the stable model's twin) answering 30 % wrong, comparing with version 1."""
-    env = {
-        "MLCD_SERVING_FAULTS": "wrong=0.3,seed=5",
-        "MLCD_SERVING_SHADOW_OF": str(models / "pointer-1.json"),
-    }
-    server = ModelServer(models, models / "pointer-3.json", env, name="shadow")
-    try:
-        yield server.wait_ready()
-    finally:
-        server.stop()
+    yield from serve(
+        models,
+        "3",
+        "shadow",
+        MLCD_SERVING_FAULTS="wrong=0.3,seed=5",
+        MLCD_SERVING_SHADOW_OF=str(models / "pointer-1.json"),
+    )
 
 
 def test_the_disagreement_metric_counts_exactly_the_wrong_answers(

@@ -16,7 +16,7 @@ from mlcd.processes import free_port
 from mlcd.serving.router.haproxy import LocalRouter
 from mlcd.serving.router.replay import Replay
 from rollout.driver import Driver, summary
-from rollout.servers import MODEL, ModelServer, samples
+from rollout.servers import MODEL, ModelServer, samples, serve
 from testenv.prometheus import PrometheusAPI
 
 # Short intervals: Prometheus scrapes every second in the test stack.
@@ -24,30 +24,22 @@ BASE = {"interval": "3s", "minSamples": 10, "failureThreshold": 1, "progressDead
 CHECKS = [{"name": "success-rate", "min": 0.99}, {"name": "latency-p99", "max": 1.0}]
 
 
-def _server(models: pathlib.Path, version: str, name: str, **env: str) -> Iterator[ModelServer]:
-    server = ModelServer(models, models / f"pointer-{version}.json", env, name=name)
-    try:
-        yield server.wait_ready()
-    finally:
-        server.stop()
-
-
 @pytest.fixture(scope="module")
 def twin(models: pathlib.Path) -> Iterator[ModelServer]:
     """Version 3, the stable model's twin, ready to shadow version 1."""
-    yield from _server(models, "3", "twin", MLCD_SERVING_SHADOW_OF=str(models / "pointer-1.json"))
+    yield from serve(models, "3", "twin", MLCD_SERVING_SHADOW_OF=str(models / "pointer-1.json"))
 
 
 @pytest.fixture(scope="module")
 def erring(models: pathlib.Path) -> Iterator[ModelServer]:
     """Version 3 answering 5 % of its requests with an error."""
-    yield from _server(models, "3", "erring", MLCD_SERVING_FAULTS="error=0.05,seed=3")
+    yield from serve(models, "3", "erring", MLCD_SERVING_FAULTS="error=0.05,seed=3")
 
 
 @pytest.fixture(scope="module")
 def contrary(models: pathlib.Path) -> Iterator[ModelServer]:
     """Version 3 answering 30 % of its requests wrong, shadowing version 1."""
-    yield from _server(
+    yield from serve(
         models,
         "3",
         "contrary",
@@ -84,15 +76,8 @@ def drive(
 
 
 def _five_xx(driver: Driver) -> dict[str, int]:
-    runtime = driver.router.runtime(driver.key)
-    rows = runtime.command("show stat").splitlines()
-    header = rows[0].lstrip("# ").split(",")
-    counts = {}
-    for row in rows[1:]:
-        values = dict(zip(header, row.split(","), strict=False))
-        if values.get("pxname") == "split":
-            counts[values["svname"].rsplit(".", 1)[-1]] = int(values["hrsp_5xx"] or 0)
-    return counts
+    stats = driver.router.stats(driver.key)
+    return {role: int(row["hrsp_5xx"] or 0) for role, row in stats.items()}
 
 
 def test_a_healthy_candidate_is_shadowed_stepped_and_promoted(drive, twin: ModelServer) -> None:

@@ -22,16 +22,9 @@ KEY = ServingKey("team-a", "clf")
 
 
 def _served_by(router: LocalRouter, key: ServingKey) -> dict[str, int]:
-    """Requests each server answered, from HAProxy's own counters (``show stat``)."""
-    lines = router.runtime(key).command("show stat")
-    rows = lines.splitlines()
-    header = rows[0].lstrip("# ").split(",")
-    counts = {}
-    for row in rows[1:]:
-        values = dict(zip(header, row.split(","), strict=False))
-        if values.get("pxname") == "split" and values.get("svname", "").startswith(key.slug):
-            counts[values["svname"].rsplit(".", 1)[1]] = int(values["stot"])
-    return counts
+    """Requests each server answered, from HAProxy's own counters."""
+    stats = router.stats(key)
+    return {role: int(stats[role]["stot"]) for role in ("stable", "candidate")}
 
 
 def _send(url: str, count: int, seed: int = 0) -> list[httpx.Response]:

@@ -307,6 +307,18 @@ class LocalRouter:
         self._socket(key).unlink(missing_ok=True)
         shutil.rmtree(self._dir(key), ignore_errors=True)
 
+    def stats(self, key: ServingKey) -> dict[str, dict[str, str]]:
+        """HAProxy's counters of the split backend (``show stat``) by role: stable, candidate
+        and BACKEND (what the backend answered, its own errors included)."""
+        rows = self.runtime(key).command("show stat").splitlines()
+        header = rows[0].lstrip("# ").split(",")
+        found: dict[str, dict[str, str]] = {}
+        for row in rows[1:]:
+            values = dict(zip(header, row.split(","), strict=False))
+            if values.get("pxname") == SPLIT and values.get("svname"):
+                found[values["svname"].rsplit(".", 1)[-1]] = values
+        return found
+
     def url(self, key: ServingKey) -> str | None:
         proxy = self.running(key)
         return proxy.url if proxy else None
