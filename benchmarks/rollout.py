@@ -285,7 +285,11 @@ def main() -> int:
             stable.wait_ready()
             candidate.wait_ready()
             url = router.reconcile(KEY, stable.url, candidate.url)
-            time.sleep(1.5)  # the candidate's first health check
+            deadline = time.monotonic() + 15
+            while not router.candidate_ready(KEY):  # HAProxy's health checks see it up
+                if time.monotonic() > deadline:
+                    raise TimeoutError("the candidate never came up behind HAProxy")
+                time.sleep(0.1)
             c, s, r = args.clients, args.seconds, args.rounds
             out["proxies"]["haproxy"] = compare(stable.url, url, c, s, r)
             router.set_mirror(KEY, True)

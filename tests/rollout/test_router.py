@@ -27,6 +27,14 @@ def _served_by(router: LocalRouter, key: ServingKey) -> dict[str, int]:
     return {role: int(stats[role]["stot"]) for role in ("stable", "candidate")}
 
 
+def _wait_ready(router: LocalRouter, key: ServingKey) -> None:
+    """Until HAProxy's health checks see the candidate up (a second or two after it attaches)."""
+    deadline = time.monotonic() + 10
+    while not router.candidate_ready(key):
+        assert time.monotonic() < deadline, "HAProxy never saw the candidate up"
+        time.sleep(0.1)
+
+
 def _send(url: str, count: int, seed: int = 0) -> list[httpx.Response]:
     with httpx.Client(timeout=30) as client:
         return [
@@ -50,12 +58,11 @@ def test_routes_follow_the_weights(
     assert _served_by(router, KEY) == {"stable": 10, "candidate": 0}
 
     assert router.reconcile(KEY, stable.url, candidate.url) == url
-    assert router.candidate_ready(KEY)
+    _wait_ready(router, KEY)
     for weight in (20, 50, 100, 0):
         router.set_weights(KEY, weight)
         assert router.routes(KEY) == Routes(canary_weight=weight, mirror=False, candidate=True)
         before = _served_by(router, KEY)
-        time.sleep(1.2)  # one health check: a server just attached counts as up
         responses = _send(url, 100, seed=weight)
         assert all(r.status_code == 200 for r in responses)
         after = _served_by(router, KEY)
@@ -81,7 +88,7 @@ def test_no_request_fails_while_the_weights_change_20_times(
     router: LocalRouter, stable: ModelServer, candidate: ModelServer
 ) -> None:
     url = router.reconcile(KEY, stable.url, candidate.url)
-    time.sleep(1.2)
+    _wait_ready(router, KEY)
     statuses: Counter[int | str] = Counter()
     stop = threading.Event()
 
@@ -177,7 +184,7 @@ def test_prometheus_scrapes_the_router_and_the_servers(
     key = ServingKey("team-p", "clf")
     try:
         url = router.reconcile(key, stable.url, candidate.url)
-        time.sleep(1.2)
+        _wait_ready(router, key)
         router.set_weights(key, 50)
         prometheus.wait_for('up{job="mlcd-router",mlcd_pipeline="clf",mlcd_namespace="team-p"}')
         prometheus.wait_for('up{mlcd_server="team-p.clf.candidate"} == 1')

@@ -128,15 +128,16 @@ class Runtime:
     def weight(self, backend: str, server: str) -> int:
         return int(self.checked(f"get weight {backend}/{server}").split()[0])
 
-    def admin_state(self, backend: str, server: str) -> int:
-        """srv_admin_state of ``show servers state`` (bit 0x01: maintenance)."""
+    def server_state(self, backend: str, server: str) -> dict[str, str]:
+        """The server's row of ``show servers state``: srv_op_state (2: up, its health checks
+        pass), srv_admin_state (bit 0x01: maintenance), srv_addr, ..."""
         lines = self.command(f"show servers state {backend}").splitlines()
         header = next((line for line in lines if line.startswith("# be_id")), "")
         names = header.lstrip("# ").split()
         for line in lines[2:]:
             values = dict(zip(names, line.split(), strict=False))
             if values.get("srv_name") == server:
-                return int(values["srv_admin_state"])
+                return values
         raise TemporaryError(f"haproxy has no server {backend}/{server}", delay=1.0)
 
 
@@ -275,7 +276,8 @@ class LocalRouter:
             return None
         runtime = self.runtime(key)
         _, name = self._names(key)
-        attached = proxy.candidate is not None and not runtime.admin_state(SPLIT, name) & 1
+        admin = int(runtime.server_state(SPLIT, name)["srv_admin_state"])
+        attached = proxy.candidate is not None and not admin & 1
         return Routes(
             canary_weight=runtime.weight(SPLIT, name) if attached else 0,
             mirror=attached and runtime.weight(MIRROR, name) > 0,
@@ -283,8 +285,13 @@ class LocalRouter:
         )
 
     def candidate_ready(self, key: ServingKey) -> bool:
+        """Attached, up for HAProxy (its health checks pass, so a weight sends it traffic at
+        once) and ready for KServe."""
         proxy = self.running(key)
         if proxy is None or proxy.candidate is None:
+            return False
+        _, name = self._names(key)
+        if self.runtime(key).server_state(SPLIT, name).get("srv_op_state") != "2":
             return False
         try:
             response = httpx.get(f"{proxy.candidate}/v2/health/ready", timeout=2.0)
@@ -304,7 +311,11 @@ class LocalRouter:
             kill_group(int(data["pid"]), grace=5.0)
         if self.targets_dir is not None:
             (self.targets_dir / f"{key.slug}.json").unlink(missing_ok=True)
-        self._socket(key).unlink(missing_ok=True)
+        socket_path = self._socket(key)
+        socket_path.unlink(missing_ok=True)
+        if socket_path.parent != self._dir(key):
+            with contextlib.suppress(OSError):  # the private folder, once empty
+                socket_path.parent.rmdir()
         shutil.rmtree(self._dir(key), ignore_errors=True)
 
     def stats(self, key: ServingKey) -> dict[str, dict[str, str]]:
