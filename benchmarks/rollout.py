@@ -44,7 +44,7 @@ sys.path.insert(0, str(REPO / "tests"))
 from mlcd.domain.rollout import SetWeights  # noqa: E402
 from mlcd.domain.spec import Rollout  # noqa: E402
 from mlcd.metrics.prometheus import PrometheusProvider  # noqa: E402
-from mlcd.ports import ServingKey  # noqa: E402
+from mlcd.ports import PipelineKey  # noqa: E402
 from mlcd.processes import free_port, kill_group  # noqa: E402
 from mlcd.serving.router.haproxy import LocalRouter  # noqa: E402
 from mlcd.serving.router.replay import Replay  # noqa: E402
@@ -53,7 +53,7 @@ from rollout.servers import MODEL, ModelServer, request_body, samples, write_mod
 from testenv.prometheus import SCRAPE_INTERVAL, Prometheus, PrometheusAPI  # noqa: E402
 from testenv.stack import Stack  # noqa: E402
 
-KEY = ServingKey("bench", "clf")
+KEY = PipelineKey("bench", "clf")
 
 
 def closed_loop(url: str, clients: int, seconds: float) -> tuple[list[float], Counter[Any]]:
@@ -241,7 +241,7 @@ def decision_latency(
     driver = Driver(KEY, spec, router, provider, stable, faulty)
     try:
         driver.begin()
-        prometheus.wait_for(f'up{{job="mlcd-router",mlcd_pipeline="{KEY.pipeline}"}} == 1')
+        prometheus.wait_for(f'up{{job="mlcd-router",mlcd_pipeline="{KEY.name}"}} == 1')
         url = router.url(KEY) or ""
         with Replay(url, MODEL, samples(), rate=100, seconds=120):
             state = driver.run({"RolledBack", "Promoted", "Failed", "Halted"}, 120, every=0.1)

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from mlcd.ports import ServingKey
+from mlcd.ports import PipelineKey
 from mlcd.serving.router.haproxy import LocalRouter
 from rollout.servers import ModelServer, serve, write_model
 
@@ -38,4 +38,4 @@ def router(tmp_path: pathlib.Path) -> Iterator[LocalRouter]:
     yield local
     for folder in (tmp_path / "home" / "router").glob("*"):
         namespace, pipeline = folder.name.split(".", 1)
-        local.finalize(ServingKey(namespace, pipeline))
+        local.finalize(PipelineKey(namespace, pipeline))

@@ -36,7 +36,7 @@ from mlcd.domain.rollout import (
 )
 from mlcd.domain.spec import Rollout
 from mlcd.metrics.prometheus import PrometheusProvider, PrometheusUnavailable, QueryError
-from mlcd.ports import ServingKey
+from mlcd.ports import PipelineKey
 from mlcd.serving.router.haproxy import LocalRouter
 from rollout.servers import MODEL, ModelServer
 
@@ -56,7 +56,7 @@ def served_version(server: ModelServer) -> str | None:
 
 @dataclass
 class Driver:
-    key: ServingKey
+    key: PipelineKey
     rollout: Rollout
     router: LocalRouter
     provider: PrometheusProvider

@@ -13,7 +13,7 @@ import pytest
 
 from mlcd.domain.rollout import resolve
 from mlcd.metrics.prometheus import PrometheusProvider
-from mlcd.ports import ServingKey
+from mlcd.ports import PipelineKey
 from mlcd.serving.faults import Faults
 from mlcd.serving.router.haproxy import LocalRouter
 from rollout.servers import MODEL, ModelServer, request_body, serve, top_class
@@ -86,7 +86,7 @@ def test_the_disagreement_metric_counts_exactly_the_wrong_answers(
     shadow: ModelServer,
 ) -> None:
     router = LocalRouter(tmp_path / "home", targets_dir=prometheus.targets_dir)
-    key = ServingKey("team-s", "clf")
+    key = PipelineKey("team-s", "clf")
     try:
         url = router.reconcile(key, stable.url, shadow.url)
         router.set_mirror(key, True)

@@ -12,7 +12,7 @@ import pytest
 from mlcd.domain.rollout import SetWeights
 from mlcd.domain.spec import Rollout
 from mlcd.metrics.prometheus import PrometheusProvider
-from mlcd.ports import ServingKey
+from mlcd.ports import PipelineKey
 from mlcd.processes import free_port
 from mlcd.serving.router.haproxy import LocalRouter
 from mlcd.serving.router.replay import Replay
@@ -53,11 +53,11 @@ def contrary(models: pathlib.Path) -> Iterator[ModelServer]:
 def drive(
     tmp_path: pathlib.Path, prometheus: PrometheusAPI, stable: ModelServer
 ) -> Iterator[object]:
-    routers: list[tuple[LocalRouter, ServingKey]] = []
+    routers: list[tuple[LocalRouter, PipelineKey]] = []
     drivers: list[Driver] = []
 
     def make(name: str, candidate: ModelServer, rollout: dict, url: str | None = None) -> Driver:
-        key = ServingKey("team-r", name)
+        key = PipelineKey("team-r", name)
         router = LocalRouter(tmp_path / "home", targets_dir=prometheus.targets_dir)
         routers.append((router, key))
         provider = PrometheusProvider(url or prometheus.url, timeout=2, retries=1, backoff=0.1)

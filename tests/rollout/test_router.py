@@ -12,22 +12,22 @@ import pytest
 
 from mlcd.domain.rollout import resolve
 from mlcd.metrics.prometheus import PrometheusProvider
-from mlcd.ports import Routes, ServingKey
+from mlcd.ports import PipelineKey, Routes
 from mlcd.serving.router.haproxy import LocalRouter
 from mlcd.serving.router.replay import Replay
 from rollout.servers import MODEL, ModelServer, samples, top_class
 from testenv.prometheus import PrometheusAPI
 
-KEY = ServingKey("team-a", "clf")
+KEY = PipelineKey("team-a", "clf")
 
 
-def _served_by(router: LocalRouter, key: ServingKey) -> dict[str, int]:
+def _served_by(router: LocalRouter, key: PipelineKey) -> dict[str, int]:
     """Requests each server answered, from HAProxy's own counters."""
     stats = router.stats(key)
     return {role: int(stats[role]["stot"]) for role in ("stable", "candidate")}
 
 
-def _wait_ready(router: LocalRouter, key: ServingKey) -> None:
+def _wait_ready(router: LocalRouter, key: PipelineKey) -> None:
     """Until HAProxy's health checks see the candidate up (a second or two after it attaches)."""
     deadline = time.monotonic() + 10
     while not router.candidate_ready(key):
@@ -166,7 +166,7 @@ def test_the_router_restarts_when_its_process_is_gone(
 def test_two_pipelines_never_share_a_route(
     router: LocalRouter, stable: ModelServer, candidate: ModelServer
 ) -> None:
-    other = ServingKey("team-b", "clf")
+    other = PipelineKey("team-b", "clf")
     first = router.reconcile(KEY, stable.url, None)
     second = router.reconcile(other, candidate.url, None)
     assert first != second
@@ -181,7 +181,7 @@ def test_prometheus_scrapes_the_router_and_the_servers(
     tmp_path, prometheus: PrometheusAPI, stable: ModelServer, candidate: ModelServer
 ) -> None:
     router = LocalRouter(tmp_path / "home", targets_dir=prometheus.targets_dir)
-    key = ServingKey("team-p", "clf")
+    key = PipelineKey("team-p", "clf")
     try:
         url = router.reconcile(key, stable.url, candidate.url)
         _wait_ready(router, key)

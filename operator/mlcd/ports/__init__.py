@@ -166,22 +166,6 @@ class MetricProvider(Protocol):
 
 
 @dataclass(frozen=True)
-class ServingKey:
-    """Whose traffic: one pipeline in one namespace (two tenants never share a route)."""
-
-    namespace: str
-    pipeline: str
-
-    def __str__(self) -> str:
-        return f"{self.namespace}/{self.pipeline}"
-
-    @property
-    def slug(self) -> str:
-        """``namespace.pipeline``: both are DNS labels, so the dot cannot be ambiguous."""
-        return f"{self.namespace}.{self.pipeline}"
-
-
-@dataclass(frozen=True)
 class Routes:
     """What the router does with a pipeline's traffic now."""
 
@@ -193,33 +177,33 @@ class Routes:
 class TrafficRouter(Protocol):
     """Flagger's router, small: upstreams in, weights and mirroring set and read back.
 
-    Every call is idempotent and keyed by :class:`ServingKey`."""
+    Every call is idempotent and keyed by :class:`PipelineKey`."""
 
-    def reconcile(self, key: ServingKey, stable: str, candidate: str | None) -> str:
+    def reconcile(self, key: PipelineKey, stable: str, candidate: str | None) -> str:
         """Routes ``key``'s traffic to the ``stable`` upstream (a URL) and, when given, the
         ``candidate`` one (new candidates start with weight 0, no mirror); returns the URL
         clients send requests to."""
         ...
 
-    def set_weights(self, key: ServingKey, canary: int) -> None:
+    def set_weights(self, key: PipelineKey, canary: int) -> None:
         """``canary`` percent to the candidate, the rest to stable, without dropping a request."""
         ...
 
-    def set_mirror(self, key: ServingKey, on: bool) -> None: ...
+    def set_mirror(self, key: PipelineKey, on: bool) -> None: ...
 
-    def routes(self, key: ServingKey) -> Routes | None:
+    def routes(self, key: PipelineKey) -> Routes | None:
         """The routes as the router has them now; ``None`` when it has none for ``key``."""
         ...
 
-    def candidate_ready(self, key: ServingKey) -> bool:
+    def candidate_ready(self, key: PipelineKey) -> bool:
         """The candidate upstream is attached and answers ready."""
         ...
 
-    def targets(self, key: ServingKey) -> Targets:
+    def targets(self, key: PipelineKey) -> Targets:
         """What ``{{ canary }}`` and ``{{ stable }}`` stand for in queries, and the router's
         built-in queries (requests, success rate, latency, shadow disagreement)."""
         ...
 
-    def finalize(self, key: ServingKey) -> None:
+    def finalize(self, key: PipelineKey) -> None:
         """Removes ``key``'s routes (and whatever serves them) for good."""
         ...

@@ -32,7 +32,7 @@ import httpx
 
 from mlcd.domain.rollout import Builtins, Targets
 from mlcd.errors import PermanentError, TemporaryError
-from mlcd.ports import Routes, ServingKey
+from mlcd.ports import PipelineKey, Routes
 from mlcd.processes import alive, free_port, kill_group
 
 SPLIT, MIRROR = "split", "mirror"
@@ -167,12 +167,18 @@ class LocalRouter:
         self.targets_dir, self.start_timeout = targets_dir, start_timeout
 
     # -- where things are ------------------------------------------------------------------------
-    def _dir(self, key: ServingKey) -> pathlib.Path:
-        path = self.home / "router" / key.slug
+    @staticmethod
+    def slug(key: PipelineKey) -> str:
+        """``namespace.name`` (``namespace.name-uid`` in a cluster): DNS labels, so the dot
+        cannot be ambiguous. It names the router's folder and its servers in metrics."""
+        return f"{key.namespace}.{key.folder}"
+
+    def _dir(self, key: PipelineKey) -> pathlib.Path:
+        path = self.home / "router" / self.slug(key)
         path.mkdir(parents=True, exist_ok=True)
         return path
 
-    def _socket(self, key: ServingKey) -> pathlib.Path:
+    def _socket(self, key: PipelineKey) -> pathlib.Path:
         """The admin socket: in the router's folder, or, when that path is too long for a
         socket (HAProxy takes 97 bytes), in a private folder of this user under /tmp."""
         path = self._dir(key) / "admin.sock"
@@ -185,27 +191,28 @@ class LocalRouter:
         digest = hashlib.sha256(str(path).encode()).hexdigest()[:20]
         return private / f"{digest}.sock"
 
-    def runtime(self, key: ServingKey) -> Runtime:
+    def runtime(self, key: PipelineKey) -> Runtime:
         return Runtime(self._socket(key))
 
     @staticmethod
-    def _names(key: ServingKey) -> tuple[str, str]:
-        return f"{key.slug}.stable", f"{key.slug}.candidate"
+    def _names(key: PipelineKey) -> tuple[str, str]:
+        slug = LocalRouter.slug(key)
+        return f"{slug}.stable", f"{slug}.candidate"
 
-    def _record(self, key: ServingKey) -> dict[str, Any]:
+    def _record(self, key: PipelineKey) -> dict[str, Any]:
         try:
             data: dict[str, Any] = json.loads((self._dir(key) / "router.json").read_text())
         except (OSError, ValueError):
             return {}
         return data
 
-    def _save(self, key: ServingKey, data: dict[str, Any]) -> None:
+    def _save(self, key: PipelineKey, data: dict[str, Any]) -> None:
         path = self._dir(key) / "router.json"
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(data, indent=2))
         tmp.replace(path)
 
-    def running(self, key: ServingKey) -> Proxy | None:
+    def running(self, key: PipelineKey) -> Proxy | None:
         data = self._record(key)
         if not data or not alive(int(data["pid"])):
             return None
@@ -218,7 +225,7 @@ class LocalRouter:
         )
 
     # -- the port --------------------------------------------------------------------------------
-    def reconcile(self, key: ServingKey, stable: str, candidate: str | None) -> str:
+    def reconcile(self, key: PipelineKey, stable: str, candidate: str | None) -> str:
         proxy = self.running(key)
         if proxy is None:
             proxy = self._start(key, stable, candidate)
@@ -236,7 +243,7 @@ class LocalRouter:
         self._write_targets(key, stable, candidate)
         return proxy.url
 
-    def _attach(self, runtime: Runtime, key: ServingKey, candidate: str | None) -> None:
+    def _attach(self, runtime: Runtime, key: PipelineKey, candidate: str | None) -> None:
         """The old candidate leaves, or a new one arrives, with no traffic and no mirror."""
         stable_name, name = self._names(key)
         runtime.checked(f"set weight {SPLIT}/{stable_name} 100")
@@ -248,7 +255,7 @@ class LocalRouter:
             state = "ready" if candidate else "maint"
             runtime.checked(f"set server {backend}/{name} state {state}")
 
-    def set_weights(self, key: ServingKey, canary: int) -> None:
+    def set_weights(self, key: PipelineKey, canary: int) -> None:
         if not 0 <= canary <= 100:
             raise ValueError(f"canary weight must be in [0, 100] (got {canary})")
         proxy = self._require(key)
@@ -263,14 +270,14 @@ class LocalRouter:
         for name, weight in (first, second):
             runtime.checked(f"set weight {SPLIT}/{name} {weight}")
 
-    def set_mirror(self, key: ServingKey, on: bool) -> None:
+    def set_mirror(self, key: PipelineKey, on: bool) -> None:
         proxy = self._require(key)
         if on and proxy.candidate is None:
             raise PermanentError(f"{key}: no candidate to mirror traffic to")
         _, name = self._names(key)
         self.runtime(key).checked(f"set weight {MIRROR}/{name} {100 if on else 0}")
 
-    def routes(self, key: ServingKey) -> Routes | None:
+    def routes(self, key: PipelineKey) -> Routes | None:
         proxy = self.running(key)
         if proxy is None:
             return None
@@ -284,7 +291,7 @@ class LocalRouter:
             candidate=attached,
         )
 
-    def candidate_ready(self, key: ServingKey) -> bool:
+    def candidate_ready(self, key: PipelineKey) -> bool:
         """Attached, up for HAProxy (its health checks pass, so a weight sends it traffic at
         once) and ready for KServe."""
         proxy = self.running(key)
@@ -299,18 +306,18 @@ class LocalRouter:
             return False
         return response.status_code == 200
 
-    def targets(self, key: ServingKey) -> Targets:
+    def targets(self, key: PipelineKey) -> Targets:
         stable_name, candidate_name = self._names(key)
         return Targets(
             namespace=key.namespace, canary=candidate_name, stable=stable_name, builtins=BUILTINS
         )
 
-    def finalize(self, key: ServingKey) -> None:
+    def finalize(self, key: PipelineKey) -> None:
         data = self._record(key)
         if data and alive(int(data["pid"])):
             kill_group(int(data["pid"]), grace=5.0)
         if self.targets_dir is not None:
-            (self.targets_dir / f"{key.slug}.json").unlink(missing_ok=True)
+            (self.targets_dir / f"{self.slug(key)}.json").unlink(missing_ok=True)
         socket_path = self._socket(key)
         socket_path.unlink(missing_ok=True)
         if socket_path.parent != self._dir(key):
@@ -318,7 +325,7 @@ class LocalRouter:
                 socket_path.parent.rmdir()
         shutil.rmtree(self._dir(key), ignore_errors=True)
 
-    def stats(self, key: ServingKey) -> dict[str, dict[str, str]]:
+    def stats(self, key: PipelineKey) -> dict[str, dict[str, str]]:
         """HAProxy's counters of the split backend (``show stat``) by role: stable, candidate
         and BACKEND (what the backend answered, its own errors included)."""
         rows = self.runtime(key).command("show stat").splitlines()
@@ -330,18 +337,18 @@ class LocalRouter:
                 found[values["svname"].rsplit(".", 1)[-1]] = values
         return found
 
-    def url(self, key: ServingKey) -> str | None:
+    def url(self, key: PipelineKey) -> str | None:
         proxy = self.running(key)
         return proxy.url if proxy else None
 
     # -- the process -----------------------------------------------------------------------------
-    def _require(self, key: ServingKey) -> Proxy:
+    def _require(self, key: PipelineKey) -> Proxy:
         proxy = self.running(key)
         if proxy is None:
             raise TemporaryError(f"{key}: the router is not running", delay=1.0)
         return proxy
 
-    def _config(self, key: ServingKey, port: int, metrics: int, stable: str) -> str:
+    def _config(self, key: PipelineKey, port: int, metrics: int, stable: str) -> str:
         folder = self._dir(key)
         stable_name, candidate_name = self._names(key)
         host, stable_port = _address(stable)
@@ -382,7 +389,7 @@ class LocalRouter:
             ]
         )
 
-    def _start(self, key: ServingKey, stable: str, candidate: str | None) -> Proxy:
+    def _start(self, key: PipelineKey, stable: str, candidate: str | None) -> Proxy:
         folder = self._dir(key)
         old = self._record(key)
         if old.get("pid") and alive(int(old["pid"])):
@@ -424,10 +431,10 @@ class LocalRouter:
             self._save(key, record)
         return Proxy(process.pid, url, str(record["metrics"]), stable, candidate)
 
-    def _write_targets(self, key: ServingKey, stable: str, candidate: str | None) -> None:
+    def _write_targets(self, key: PipelineKey, stable: str, candidate: str | None) -> None:
         if self.targets_dir is None:
             return
-        labels = {"mlcd_namespace": key.namespace, "mlcd_pipeline": key.pipeline}
+        labels = {"mlcd_namespace": key.namespace, "mlcd_pipeline": key.name}
         record = self._record(key)
         stable_name, candidate_name = self._names(key)
         groups = [
@@ -452,7 +459,7 @@ class LocalRouter:
                 }
             )
         self.targets_dir.mkdir(parents=True, exist_ok=True)
-        path = self.targets_dir / f"{key.slug}.json"
+        path = self.targets_dir / f"{self.slug(key)}.json"
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(groups, indent=2))
         with contextlib.suppress(FileNotFoundError):
