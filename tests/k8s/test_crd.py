@@ -197,7 +197,14 @@ def test_kubectl_apply_of_the_example_stores_what_the_operator_parses(
         "steps": [100],
         "interval": "1m",
         "failureThreshold": 2,
+        "failureCounting": "consecutive",
+        "minSamples": 20,
         "noData": "hold",
+        "progressDeadline": "10m",
+        "onFailure": "rollback",
+        "pause": False,
+        "promote": False,
+        "abort": False,
     }
     assert spec["tuning"]["trialTimeout"] == "30m"
     assert spec["tuning"]["parameters"][1]["distribution"] == "uniform"

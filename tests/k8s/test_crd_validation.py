@@ -90,7 +90,51 @@ LAYERS: dict[str, Layer] = {
     key("spec.timeZone", "Mars/Olympus"): Layer(OPERATOR),
     key("spec.concurrencyPolicy", "Skip"): Layer(SCHEMA),
     key("spec.serving.inferenceService", "MNIST"): Layer(SCHEMA),
-    key("spec.serving.rollout", {"steps": [50, 10]}): Layer(CEL, path="spec.serving.rollout.steps"),
+    key("spec.serving.rollout", {"steps": [50, 10, 100]}): Layer(
+        CEL, path="spec.serving.rollout.steps"
+    ),
+    key("spec.serving.rollout", {"steps": [10, 50]}): Layer(CEL, path="spec.serving.rollout.steps"),
+    key("spec.serving.rollout", {"metrics": [{"name": "x", "query": "up", "min": 2, "max": 1}]}): (
+        Layer(CEL)
+    ),
+    key("spec.serving.rollout", {"metrics": [{"name": "error-rate", "max": 0.1}]}): Layer(CEL),
+    key(
+        "spec.serving.rollout",
+        {"metrics": [{"name": "x", "query": "rate(x{pod='{{ canry }}'}[1m])", "max": 1}]},
+    ): Layer(CEL, says="unknown variable"),
+    key("spec.serving.rollout", {"metrics": [{"name": "latency-p99", "relativeTo": "stable"}]}): (
+        Layer(CEL)
+    ),
+    key(
+        "spec.serving.rollout", {"metrics": [{"name": "latency-p99", "max": 1, "maxIncrease": 0.1}]}
+    ): Layer(CEL),
+    key(
+        "spec.serving.rollout",
+        {"metrics": [{"name": "x", "query": "up", "relativeTo": "stable", "maxIncrease": 1}]},
+    ): Layer(CEL),
+    key(
+        "spec.serving.rollout",
+        {"metrics": [{"name": "success-rate", "min": 0.9}, {"name": "success-rate", "min": 1}]},
+    ): Layer(LIST_TYPE, path="spec.serving.rollout.metrics[1]", says="Duplicate value"),
+    key(
+        "spec.serving.rollout",
+        {"metrics": [{"name": "latency-p99", "relativeTo": "canary", "maxIncrease": 1}]},
+    ): Layer(SCHEMA, says="Unsupported value"),
+    key("spec.serving.rollout", {"failureCounting": "sometimes"}): Layer(SCHEMA),
+    key("spec.serving.rollout", {"onFailure": "retry"}): Layer(SCHEMA),
+    # A default deadline shorter than a long interval is stretched, so only the operator can tell.
+    key("spec.serving.rollout", {"interval": "1m", "progressDeadline": "30s"}): Layer(OPERATOR),
+    key("spec.serving.rollout", {"promote": True, "abort": True}): Layer(CEL),
+    key("spec.serving.rollout", {"rollbackTo": "../3"}): Layer(SCHEMA, says="should match"),
+    key("spec.serving.rollout", {"shadow": {"maxDisagreement": 1.5}}): Layer(SCHEMA),
+    key("spec.serving.rollout", {"shadow": {"minRequests": 0}}): Layer(SCHEMA),
+    key("spec.serving.rollout", {"shadow": {"maxLatencyP99": "fast"}}): Layer(SCHEMA),
+    key("spec.serving.rollout", {"traffic": {"rate": 0}}): Layer(SCHEMA),
+    key("spec.serving.rollout", {"minSamples": -1}): Layer(SCHEMA),
+    key("spec.triggers", {"onDegradation": {"query": "x{v='{{ canary }}'} > 1"}}): Layer(
+        CEL, says="unknown variable"
+    ),
+    key("spec.triggers", {"onDegradation": {"query": "up == 0", "for": "soon"}}): Layer(SCHEMA),
     key("spec.serving.rollout", {"steps": [10, 150]}): Layer(SCHEMA),
     key("spec.serving.rollout", {"metrics": [{"name": "x", "query": "up"}]}): Layer(CEL),
     key("spec.serving.rollout", {"noData": "ignore"}): Layer(SCHEMA),
@@ -212,6 +256,29 @@ ACCEPTED: list[tuple[str, object]] = [
         "spec.serving.rollout",
         {"steps": [5, 25, 100], "metrics": [{"name": "x", "query": "up", "max": 1}]},
     ),
+    (
+        "spec.serving.rollout",
+        {
+            "shadow": {"maxDisagreement": 0.05, "minRequests": 50, "maxLatencyP99": "250ms"},
+            "steps": [20, 50, 100],
+            "interval": "10s",
+            "failureCounting": "total",
+            "metrics": [
+                {"name": "success-rate", "min": 0.99},
+                {"name": "latency-p99", "relativeTo": "stable", "maxIncrease": 0.05},
+                {
+                    "name": "errors",
+                    "query": "sum(rate(x{server='{{ canary }}',ns='{{ namespace }}'}"
+                    "[{{ interval }}]))",
+                    "max": 1,
+                    "dryRun": True,
+                },
+            ],
+            "onFailure": "pause",
+            "traffic": {"rate": 20},
+        },
+    ),
+    ("spec.triggers", {"onDegradation": {"query": "x{v='{{ stable }}'} < 0.9", "for": "2m"}}),
 ]
 
 

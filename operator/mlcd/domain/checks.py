@@ -15,7 +15,15 @@ from typing import Any
 from croniter import croniter
 from pydantic import ValidationError
 
-from mlcd.domain.spec import EVALUATION_METRICS, ModelPipeline, ModelPipelineSpec
+from mlcd.domain.rollout import DEGRADATION_VARIABLES, template_names, unknown_variables
+from mlcd.domain.spec import (
+    BUILTIN_METRICS,
+    EVALUATION_METRICS,
+    TEMPLATE_VARIABLES,
+    ModelPipeline,
+    ModelPipelineSpec,
+    duration_seconds,
+)
 from mlcd.errors import FieldProblem, SpecError
 
 _FRIENDLY_PATTERNS = {
@@ -210,16 +218,66 @@ def _gate_problems(spec: ModelPipelineSpec) -> Iterator[FieldProblem]:
 
 def _rollout_problems(spec: ModelPipelineSpec) -> Iterator[FieldProblem]:
     rollout = spec.serving.rollout
+    where = "spec.serving.rollout"
     steps = rollout.steps
     for i in range(1, len(steps)):
         if steps[i] <= steps[i - 1]:
             yield FieldProblem(
-                f"spec.serving.rollout.steps[{i}]",
-                f"steps must ascend ({steps[i]} after {steps[i - 1]})",
+                f"{where}.steps[{i}]", f"steps must ascend ({steps[i]} after {steps[i - 1]})"
             )
+    if steps and steps[-1] != 100:
+        yield FieldProblem(
+            f"{where}.steps[{len(steps) - 1}]", f"the last step must be 100 (got {steps[-1]})"
+        )
+    interval = duration_seconds(rollout.interval)
+    if interval <= 0:
+        yield FieldProblem(f"{where}.interval", "must be longer than 0")
+    explicit = "progress_deadline" in rollout.model_fields_set
+    if explicit and duration_seconds(rollout.progress_deadline) < interval:
+        yield FieldProblem(
+            f"{where}.progressDeadline",
+            f"must be at least interval ({rollout.progress_deadline} < {rollout.interval})",
+        )
+    if rollout.promote and rollout.abort:
+        yield FieldProblem(f"{where}.abort", "promote and abort cannot both be set")
+    seen: set[str] = set()
     for i, metric in enumerate(rollout.metrics):
-        if metric.min is None and metric.max is None:
-            yield FieldProblem(f"spec.serving.rollout.metrics[{i}]", "needs min or max")
+        path = f"{where}.metrics[{i}]"
+        if metric.name in seen:
+            yield FieldProblem(f"{path}.name", f"duplicate metric name {metric.name!r}")
+        seen.add(metric.name)
+        if metric.query is None and metric.name not in BUILTIN_METRICS:
+            yield FieldProblem(
+                f"{path}.query",
+                f"required: {metric.name!r} is not built in ({', '.join(BUILTIN_METRICS)})",
+            )
+        if metric.query is not None:
+            for name in unknown_variables(metric.query):
+                yield FieldProblem(
+                    f"{path}.query",
+                    f"unknown variable {{{{ {name} }}}}; one of {', '.join(TEMPLATE_VARIABLES)}",
+                )
+        relative = metric.relative_to is not None
+        if metric.min is None and metric.max is None and not relative:
+            yield FieldProblem(path, "needs min or max (or relativeTo with maxIncrease)")
+        if metric.min is not None and metric.max is not None and metric.min > metric.max:
+            yield FieldProblem(f"{path}.max", f"must be at least min ({metric.max} < {metric.min})")
+        if relative and metric.max_increase is None:
+            yield FieldProblem(f"{path}.maxIncrease", "required with relativeTo")
+        if metric.max_increase is not None and not relative:
+            yield FieldProblem(f"{path}.maxIncrease", "only with relativeTo: stable")
+        if relative and metric.query is not None and "canary" not in template_names(metric.query):
+            yield FieldProblem(
+                f"{path}.query",
+                "must name {{ canary }} with relativeTo: stable (it is evaluated for each)",
+            )
+    degradation = spec.triggers.on_degradation
+    if degradation is not None:
+        for name in unknown_variables(degradation.query, DEGRADATION_VARIABLES):
+            yield FieldProblem(
+                "spec.triggers.onDegradation.query",
+                f"unknown variable {{{{ {name} }}}}; one of {', '.join(DEGRADATION_VARIABLES)}",
+            )
 
 
 def _uri_problems(where: str, uri: str) -> Iterator[FieldProblem]:

@@ -312,37 +312,154 @@ class Evaluation(Model):
     seed: int = Field(default=0, description="Seed of the holdout split.")
 
 
+#: Rollout metrics the router measures itself: a metric of one of these names needs no query.
+BUILTIN_METRICS = ("success-rate", "latency-p99")
+#: What a rollout query may name: ``{{ canary }}`` and so on, filled in at every analysis.
+TEMPLATE_VARIABLES = ("canary", "stable", "namespace", "interval")
+MAX_QUERY = 4096
+MAX_DURATION = 32
+VERSION = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+
+
 class RolloutMetric(Model):
-    """A Prometheus check of the canary; it passes within [min, max]."""
+    """A Prometheus check of the candidate at every analysis: within [min, max], and/or no
+    worse than the stable model by more than maxIncrease over the same window."""
 
     name: str = Field(
-        pattern=METRIC_NAME, max_length=MAX_METRIC_NAME, description="Name shown in status."
+        pattern=METRIC_NAME,
+        max_length=MAX_METRIC_NAME,
+        description="Name shown in status; success-rate and latency-p99 are built in "
+        "(measured by the router, no query needed).",
     )
-    query: str = Field(
-        min_length=1, max_length=4096, description="PromQL; {{ canary }} {{ stable }} filled in."
+    query: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_QUERY,
+        description="PromQL returning one number; {{ canary }} {{ stable }} {{ namespace }} "
+        "{{ interval }} are filled in. Required unless the name is a built-in.",
     )
     min: float | None = Field(default=None, description="Lowest passing value.")
-    max: float | None = Field(default=None, description="Highest passing value.")
+    max: float | None = Field(default=None, description="Highest passing value; at least min.")
+    relative_to: Literal["stable"] | None = Field(
+        default=None,
+        description="stable: also evaluate the query for the stable model (its {{ canary }} "
+        "replaced by the stable one) and compare the two over the same window.",
+    )
+    max_increase: float | None = Field(
+        default=None,
+        ge=0,
+        description="With relativeTo: the candidate's value may exceed the stable model's by "
+        "at most this much (in the metric's unit).",
+    )
+    dry_run: bool = Field(
+        default=False, description="Record this metric's verdicts without acting on them."
+    )
+
+
+class Shadow(Model):
+    """Before any traffic: the candidate answers a mirror of live requests and its answers
+    are discarded; it passes on its disagreement with the stable model and its latency."""
+
+    max_disagreement: float = Field(
+        default=0.01,
+        ge=0,
+        le=1,
+        description="Largest share of mirrored requests whose predicted class differs from "
+        "the stable model's.",
+    )
+    min_requests: int = Field(
+        default=100,
+        ge=1,
+        le=1_000_000_000,
+        description="Mirrored requests an analysis must see before its verdict counts.",
+    )
+    max_latency_p99: Duration | None = Field(
+        default=None,
+        max_length=MAX_DURATION,
+        description="Highest p99 latency of the candidate on mirrored requests, e.g. 250ms.",
+    )
+
+
+class Traffic(Model):
+    """Replayed requests (Flagger's load tester idea), for demos and tests: the holdout's
+    samples are sent to the serving endpoint at a steady rate while a rollout is analysed."""
+
+    rate: float = Field(gt=0, le=1000, description="Requests per second.")
+    source: Literal["holdout"] = Field(
+        default="holdout", description="holdout: the samples evaluation held out of training."
+    )
 
 
 class Rollout(Model):
-    """Progressive delivery: traffic steps to the new model, each judged by metrics."""
+    """Progressive delivery: shadow, then traffic steps to the new model, each judged by
+    metrics; promoted at the end, rolled back or paused on failure."""
 
+    shadow: Shadow | None = Field(
+        default=None, description="A shadow phase before the first step; none without it."
+    )
     steps: list[Annotated[int, Field(ge=1, le=100)]] = Field(
         default_factory=lambda: [100],
         min_length=1,
         max_length=20,
-        description="Traffic percentages to the new model, ascending, each at most 100.",
+        description="Traffic percentages to the new model, ascending, ending at 100.",
     )
-    interval: Duration = Field(default="1m", description="Time between analyses.")
+    interval: Duration = Field(
+        default="1m", max_length=MAX_DURATION, description="Time between analyses."
+    )
     failure_threshold: int = Field(
-        default=2, ge=1, description="Failed analyses that roll back to the serving model."
+        default=2, ge=1, le=100, description="Failed analyses that end the rollout (onFailure)."
+    )
+    failure_counting: Literal["consecutive", "total"] = Field(
+        default="consecutive",
+        description="consecutive: a passing analysis resets the count; total: it does not.",
+    )
+    min_samples: int = Field(
+        default=20,
+        ge=0,
+        le=1_000_000_000,
+        description="Requests the candidate must answer in an interval before its verdict counts.",
     )
     no_data: Literal["hold", "fail"] = Field(
-        default="hold", description="A query with no data: hold the step, or count a failure."
+        default="hold",
+        description="An interval without data (or too few requests): hold (neither advance nor "
+        "count a failure, until progressDeadline) or count a failure.",
+    )
+    progress_deadline: Duration = Field(
+        default="10m",
+        max_length=MAX_DURATION,
+        description="Longest a rollout may hold (no data, candidate not ready) before onFailure.",
     )
     metrics: list[RolloutMetric] = Field(
-        default_factory=list, max_length=20, description="Checks run at every analysis."
+        default_factory=list,
+        max_length=20,
+        description="Checks run at every analysis; names unique.",
+    )
+    on_failure: Literal["rollback", "pause"] = Field(
+        default="rollback",
+        description="When analyses fail: rollback (all traffic back to the stable model) or "
+        "pause (keep the weights, wait for promote, abort or rollbackTo).",
+    )
+    pause: bool = Field(
+        default=False, description="Hold the rollout in progress where it is while true."
+    )
+    promote: bool = Field(
+        default=False,
+        description="While true, a rollout in progress skips its remaining steps and is promoted.",
+    )
+    abort: bool = Field(
+        default=False,
+        description="While true, a rollout in progress goes back to the stable model.",
+    )
+    rollback_to: str | None = Field(
+        default=None,
+        pattern=VERSION,
+        max_length=64,
+        description="Serve this earlier version at once (no analysis); clear it to let new "
+        "models roll out again.",
+    )
+    traffic: Traffic | None = Field(
+        default=None,
+        description="Replay the holdout's samples during analysis (demos and tests).",
     )
 
 
@@ -365,11 +482,42 @@ class Serving(Model):
         return self.model_name or self.inference_service
 
 
+class Degradation(Model):
+    """A PromQL condition on the serving model that starts a run (trigger kind degradation)."""
+
+    query: str = Field(
+        min_length=1,
+        max_length=MAX_QUERY,
+        description="PromQL that returns a sample while the model is degraded (an alert's "
+        "expression); {{ stable }} {{ namespace }} {{ interval }} are filled in.",
+    )
+    for_: Duration = Field(
+        default="5m",
+        alias="for",
+        max_length=MAX_DURATION,
+        description="How long the condition must hold before a run starts.",
+    )
+    cooldown: Duration = Field(
+        default="1h",
+        max_length=MAX_DURATION,
+        description="No new degradation run this soon after the last one started.",
+    )
+    interval: Duration = Field(
+        default="1m",
+        max_length=MAX_DURATION,
+        description="How often the condition is evaluated; also {{ interval }}.",
+    )
+
+
 class Triggers(Model):
     """What starts a run besides the schedule."""
 
     new_data: bool = Field(default=False, description="Retrain when the dataset changes.")
     poll_interval: Duration = Field(default="5m", description="How often the dataset is checked.")
+    on_degradation: Degradation | None = Field(
+        default=None,
+        description="Retrain when a PromQL condition on the serving model holds for a while.",
+    )
 
 
 class ModelPipelineSpec(Model):

@@ -31,12 +31,16 @@ from pydantic import BaseModel
 from pydantic.json_schema import GenerateJsonSchema
 from pydantic_core import core_schema
 
+from mlcd.domain.rollout import DEGRADATION_VARIABLES
 from mlcd.domain.spec import (
     API_GROUP,
     API_VERSION,
+    BUILTIN_METRICS,
     EVALUATION_METRICS,
     KIND,
+    TEMPLATE_VARIABLES,
     DatasetSchema,
+    Degradation,
     Gate,
     ModelPipeline,
     ModelPipelineSpec,
@@ -161,6 +165,17 @@ def _greater_than(low: str, high: str, guard: str = "") -> Rule:
     )
 
 
+def _known_variables(names: Sequence[str]) -> Rule:
+    # Every {{ of a query opens a known variable: one regular expression over the text, as
+    # findAll() of every {{ x }} costs too much for the API server's budget.
+    known = "|".join(names)
+    return Rule(
+        r"self.matches(r'^([^{]|\{[^{]|\{\{\s*(" + known + r")\s*\}\})*\{?$')",
+        message="unknown variable in the query; one of "
+        + ", ".join(f"{{{{ {n} }}}}" for n in names),
+    )
+
+
 #: Rules by (model, None) for the model's object, or (model, field alias) for one field.
 #: A rule on a model also holds for its subclasses (Dataset is a StorageLocation).
 RULES: dict[tuple[type[BaseModel], str | None], list[Rule]] = {
@@ -242,8 +257,58 @@ RULES: dict[tuple[type[BaseModel], str | None], list[Rule]] = {
         _forbidden_unless_numeric("step"),
     ],
     (Gate, None): [_greater_than("min", "max")],
-    (Rollout, "steps"): [Rule("self.isSorted()", message="steps must ascend")],
-    (RolloutMetric, None): [Rule("has(self.min) || has(self.max)", message="needs min or max")],
+    (Rollout, "steps"): [
+        Rule("self.isSorted()", message="steps must ascend"),
+        Rule("self[size(self) - 1] == 100", message="the last step must be 100"),
+    ],
+    (Rollout, None): [
+        Rule(
+            "!(self.promote && self.abort)",
+            message="promote and abort cannot both be set",
+            field_path=".abort",
+        ),
+    ],
+    (RolloutMetric, None): [
+        Rule(
+            "has(self.min) || has(self.max) || has(self.relativeTo)",
+            message="needs min or max (or relativeTo with maxIncrease)",
+        ),
+        Rule(
+            "!has(self.min) || !has(self.max) || self.min <= self.max",
+            message="must be at least min",
+            field_path=".max",
+        ),
+        Rule(
+            f"has(self.query) || self.name in {list(BUILTIN_METRICS)}",
+            message_expression=(
+                '"required: \'" + self.name + "\' is not built in ('
+                + ", ".join(BUILTIN_METRICS)
+                + ')"'
+            ),
+            field_path=".query",
+            reason="FieldValueRequired",
+        ),
+        Rule(
+            "!has(self.relativeTo) || has(self.maxIncrease)",
+            message="required with relativeTo",
+            field_path=".maxIncrease",
+            reason="FieldValueRequired",
+        ),
+        Rule(
+            "!has(self.maxIncrease) || has(self.relativeTo)",
+            message="only with relativeTo: stable",
+            field_path=".maxIncrease",
+            reason="FieldValueForbidden",
+        ),
+        Rule(
+            "!has(self.relativeTo) || !has(self.query)"
+            " || self.query.matches(r'\\{\\{\\s*canary\\s*\\}\\}')",
+            message="must name {{ canary }} with relativeTo: stable (it is evaluated for each)",
+            field_path=".query",
+        ),
+    ],
+    (RolloutMetric, "query"): [_known_variables(TEMPLATE_VARIABLES)],
+    (Degradation, "query"): [_known_variables(DEGRADATION_VARIABLES)],
 }
 
 #: Extensions on one field: list semantics (duplicates refused, merges by key in apply).
@@ -254,6 +319,7 @@ LIST_TYPES: dict[tuple[type[BaseModel], str], dict[str, Any]] = {
     },
     (Parameter, "values"): {"x-kubernetes-list-type": "set"},
     (Rollout, "steps"): {"x-kubernetes-list-type": "set"},
+    (Rollout, "metrics"): {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
 }
 
 _KEY_ORDER = (

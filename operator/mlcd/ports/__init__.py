@@ -9,6 +9,7 @@ from typing import Any, Protocol
 
 from mlcd.domain.observations import ServingView
 from mlcd.domain.records import ModelRef, RunRecord
+from mlcd.domain.rollout import Targets
 
 
 @dataclass(frozen=True)
@@ -162,3 +163,47 @@ class MetricProvider(Protocol):
     def query(self, promql: str) -> float | None: ...
 
     def is_online(self) -> bool: ...
+
+
+@dataclass(frozen=True)
+class Routes:
+    """What the router does with a pipeline's traffic now."""
+
+    canary_weight: int  # percent to the candidate; the stable server gets the rest
+    mirror: bool  # every request is also sent to the candidate, its answer discarded
+    candidate: bool  # a candidate upstream is attached
+
+
+class TrafficRouter(Protocol):
+    """Flagger's router, small: upstreams in, weights and mirroring set and read back.
+
+    Every call is idempotent and keyed by :class:`PipelineKey`."""
+
+    def reconcile(self, key: PipelineKey, stable: str, candidate: str | None) -> str:
+        """Routes ``key``'s traffic to the ``stable`` upstream (a URL) and, when given, the
+        ``candidate`` one (new candidates start with weight 0, no mirror); returns the URL
+        clients send requests to."""
+        ...
+
+    def set_weights(self, key: PipelineKey, canary: int) -> None:
+        """``canary`` percent to the candidate, the rest to stable, without dropping a request."""
+        ...
+
+    def set_mirror(self, key: PipelineKey, on: bool) -> None: ...
+
+    def routes(self, key: PipelineKey) -> Routes | None:
+        """The routes as the router has them now; ``None`` when it has none for ``key``."""
+        ...
+
+    def candidate_ready(self, key: PipelineKey) -> bool:
+        """The candidate upstream is attached and answers ready."""
+        ...
+
+    def targets(self, key: PipelineKey) -> Targets:
+        """What ``{{ canary }}`` and ``{{ stable }}`` stand for in queries, and the router's
+        built-in queries (requests, success rate, latency, shadow disagreement)."""
+        ...
+
+    def finalize(self, key: PipelineKey) -> None:
+        """Removes ``key``'s routes (and whatever serves them) for good."""
+        ...

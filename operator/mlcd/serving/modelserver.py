@@ -9,6 +9,11 @@ serve (``{"version", "path", "sha256"}``) · ``MLCD_SERVING_PORT`` · ``MLCD_SER
 ``POST /v2/repository/models/<name>/load`` (Triton's repository extension) re-reads the
 pointer and swaps the model in without dropping a request; a version whose sha256 does not
 match is refused and the old one keeps serving.
+
+For rollouts, two more variables: ``MLCD_SERVING_FAULTS`` makes the server answer errors, slow
+responses or wrong predictions at a given rate (tests and demos; see :mod:`mlcd.serving.faults`),
+and ``MLCD_SERVING_SHADOW_OF`` (the stable server's pointer file) makes it compare every answer
+with the stable model's (see :mod:`mlcd.serving.router.shadow`).
 """
 
 from __future__ import annotations
@@ -54,6 +59,18 @@ def _bind_loopback(host: str) -> None:
             super().__init__(*args, **kwargs)
 
     rest_server.uvicorn.Config = Config
+
+
+def _rollout_extras(model: Any) -> None:
+    """Fault injection and shadow comparison, when their variables ask for them."""
+    from mlcd.serving.faults import Faults, inject
+
+    inject(model, Faults.parse(os.environ.get("MLCD_SERVING_FAULTS")))
+    stable = os.environ.get("MLCD_SERVING_SHADOW_OF")
+    if stable:
+        from mlcd.serving.router.shadow import compare_with_stable
+
+        compare_with_stable(model, pathlib.Path(stable))
 
 
 def build(name: str, pointer: pathlib.Path) -> Any:
@@ -139,6 +156,7 @@ def build(name: str, pointer: pathlib.Path) -> Any:
                 name, str(target["version"]), pathlib.Path(target["path"]), str(target["sha256"])
             )
             model.load()
+            _rollout_extras(model)
             self.update(model)
             served = pointer.with_name("served.json")
             tmp = served.with_suffix(".tmp")
