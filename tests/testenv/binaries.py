@@ -21,6 +21,8 @@ BINARIES: dict[str, str] = {
     "kwok-stages": "MLCD_KWOK_STAGES",
     "minio": "MLCD_MINIO",
     "helm": "MLCD_HELM",
+    "kserve-manager": "MLCD_KSERVE_MANAGER",
+    "kserve-config": "MLCD_KSERVE_CONFIG",
     "prometheus": "MLCD_PROMETHEUS",
     "haproxy": "MLCD_HAPROXY",
 }

@@ -17,13 +17,14 @@ import pytest
 
 from testenv.cluster import Cluster
 from testenv.haproxy import HAProxy
+from testenv.kserve import KServe
 from testenv.kube import NODE_NAME, KubeAPIServer
 from testenv.minio import MinIO
 from testenv.prometheus import Prometheus, PrometheusAPI
 from testenv.stack import Stack
 
 # Fixture name -> stack group of the same name (see testenv.stack.GROUPS).
-STACK_FIXTURES = ("apiserver", "nodes", "minio", "prometheus", "haproxy")
+STACK_FIXTURES = ("apiserver", "nodes", "minio", "prometheus", "haproxy", "kserve")
 LOG_LINES = 60
 
 _stack_key = pytest.StashKey[Stack]()
@@ -49,7 +50,7 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         names = set(getattr(item, "fixturenames", ()))
-        if "nodes" in names:
+        if names & {"nodes", "kserve"}:
             item.add_marker(pytest.mark.nodes)
         if names & set(STACK_FIXTURES):
             item.add_marker(pytest.mark.stack)
@@ -135,4 +136,14 @@ def haproxy(testenv_stack: Stack) -> HAProxy:
     testenv_stack.up("haproxy")
     component = testenv_stack.component("haproxy")
     assert isinstance(component, HAProxy)
+    return component
+
+
+@pytest.fixture(scope="session")
+def kserve(testenv_stack: Stack, nodes: list[str]) -> KServe:
+    """KServe's controller (v0.20, RawDeployment by default) with its CRDs, ConfigMap, webhooks
+    and ClusterServingRuntimes, on the simulated node."""
+    testenv_stack.up("kserve")
+    component = testenv_stack.component("kserve")
+    assert isinstance(component, KServe)
     return component

@@ -11,6 +11,7 @@ from typing import Any
 
 from testenv.component import Component
 from testenv.haproxy import HAProxy
+from testenv.kserve import KServe
 from testenv.kube import Etcd, KubeAPIServer, KubeControllerManager, KubeScheduler, Kwok
 from testenv.minio import MinIO
 from testenv.proc import ComponentError, pid_alive, stop_groups
@@ -27,6 +28,7 @@ COMPONENTS: dict[str, type[Component]] = {
         MinIO,
         Prometheus,
         HAProxy,
+        KServe,
     )
 }
 
@@ -37,6 +39,14 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "minio": ("minio",),
     "prometheus": ("prometheus",),
     "haproxy": ("haproxy",),
+    "kserve": (
+        "etcd",
+        "kube-apiserver",
+        "kube-controller-manager",
+        "kube-scheduler",
+        "kwok",
+        "kserve",
+    ),
 }
 
 POLL = 0.05
