@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
 
+from kserve import ApiClient
 from kserve.models import (
     V1beta1CanarySpec,
     V1beta1InferenceService,
@@ -21,7 +22,6 @@ from kserve.models import (
 )
 from kubernetes.client import V1EnvVar, V1ObjectMeta, V1OwnerReference
 
-from kserve import ApiClient
 from mlcd.domain import kserve as rules
 from mlcd.domain.records import ModelRef
 from mlcd.domain.spec import API_GROUP, API_VERSION, StorageLocation
