@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from kserve_helpers import REPOSITORY
 from kubernetes import client
 
+from helpers import softmax_pipeline
 from mlcd.k8s.kube import Kube
 from mlcd.serving.kserve.api import KubeAPI
+from mlcd.serving.kserve.resources import Pipeline
 from testenv.cluster import Cluster
 from testenv.kserve import KServe
 
@@ -47,3 +51,18 @@ def kube(cluster: Cluster) -> Iterator[KubeAPI]:
         yield KubeAPI(connection.http)
     finally:
         connection.http.close()
+
+
+@pytest.fixture
+def pipeline(cluster: Cluster, pipelines_crd: None, namespace: str) -> Pipeline:
+    """A ModelPipeline in the cluster, to own what serving creates."""
+    body = softmax_pipeline(
+        "s3://datasets/mnist.npz",
+        artifacts=REPOSITORY.model_dump(by_alias=True, exclude_none=True),
+    )
+    body["metadata"] = {"name": "digits", "namespace": namespace}
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(body))
+    uid = cluster.kubectl(
+        "get", "modelpipeline", "digits", "-n", namespace, "-o", "jsonpath={.metadata.uid}"
+    ).stdout
+    return Pipeline(namespace, "digits", uid, "mnist", "mnist", REPOSITORY)

@@ -7,6 +7,8 @@ from typing import Any
 
 from kubernetes import client
 
+from mlcd.domain.spec import SecretRef, StorageLocation
+
 
 def custom(api: client.ApiClient) -> client.CustomObjectsApi:
     return client.CustomObjectsApi(api)
@@ -31,3 +33,17 @@ def conditions(obj: dict[str, Any] | None) -> dict[str, str]:
 
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:6]}"
+
+
+REPOSITORY = StorageLocation(
+    uri="s3://models/team/",
+    endpoint="http://minio.storage:9000",
+    credentials_secret_ref=SecretRef(name="minio-creds"),
+)
+KEYS = {"accessKey": "AKIA-test-only", "secretKey": "s3cr3t-test-only"}
+
+
+def secrets(name: str) -> dict[str, str]:
+    """The Secret the pipeline references, as the operator resolves it."""
+    assert name == "minio-creds"
+    return KEYS

@@ -9,14 +9,14 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from kserve_helpers import conditions, get_isvc
+from kserve_helpers import KEYS, conditions, get_isvc, secrets
 from kubernetes import client
 
-from helpers import softmax_pipeline, wait_for
+from helpers import wait_for
 from mlcd.artifacts.credentials import SecretResolver
 from mlcd.domain import kserve as rules
 from mlcd.domain.records import ModelRef
-from mlcd.domain.spec import SecretRef, StorageLocation
+from mlcd.domain.spec import StorageLocation
 from mlcd.errors import SpecError
 from mlcd.k8s.kube import Kube
 from mlcd.serving.kserve import resources
@@ -28,37 +28,12 @@ from testenv.kube import KubeAPIServer
 from testenv.stack import Stack
 
 FAIL_LABEL = "pod-container-running-failed.stage.kwok.x-k8s.io"
-REPOSITORY = StorageLocation(
-    uri="s3://models/team/",
-    endpoint="http://minio.storage:9000",
-    credentials_secret_ref=SecretRef(name="minio-creds"),
-)
-KEYS = {"accessKey": "AKIA-test-only", "secretKey": "s3cr3t-test-only"}
 
 
 def ref(version: str) -> ModelRef:
     return ModelRef(
         uri=f"s3://models/team/mnist/{version}/", version=version, sha256=f"{version}" * 64
     )
-
-
-def secrets(name: str) -> dict[str, str]:
-    assert name == "minio-creds"
-    return KEYS
-
-
-@pytest.fixture
-def pipeline(cluster: Cluster, pipelines_crd: None, namespace: str) -> Pipeline:
-    """A ModelPipeline in the cluster, to own what serving creates."""
-    body = softmax_pipeline(
-        "s3://datasets/mnist.npz", artifacts=REPOSITORY.model_dump(by_alias=True, exclude_none=True)
-    )
-    body["metadata"] = {"name": "digits", "namespace": namespace}
-    cluster.kubectl("apply", "-f", "-", input=json.dumps(body))
-    uid = cluster.kubectl(
-        "get", "modelpipeline", "digits", "-n", namespace, "-o", "jsonpath={.metadata.uid}"
-    ).stdout
-    return Pipeline(namespace, "digits", uid, "mnist", "mnist", REPOSITORY)
 
 
 def serving_for(

@@ -198,6 +198,19 @@ def served_refs(isvc: dict[str, Any]) -> tuple[ModelRef | None, ModelRef | None]
     return ref(predictor), None
 
 
+def wanted(isvc: dict[str, Any], mode: rules.Mode) -> rules.Wanted:
+    """What mlcd asked of an InferenceService it made, read back from the object itself."""
+    stable, candidate = served_refs(isvc)
+    name = str(isvc["metadata"]["name"])
+    percent = ((isvc.get("spec") or {}).get("predictor") or {}).get("canaryTrafficPercent")
+    return rules.Wanted(
+        mode=mode,
+        stable=rules.predictor_name(name, stable.version) if stable else None,
+        candidate=rules.predictor_name(name, candidate.version) if candidate else None,
+        canary_percent=percent if isinstance(percent, int) else None,
+    )
+
+
 def _b64(value: str) -> str:
     return base64.b64encode(value.encode()).decode()
 

@@ -64,6 +64,16 @@ def condition_of(error: MlcdError) -> tuple[str, str]:
     return "ServingFailed", str(error)
 
 
+def read_kserve_config(api: KubeAPI, namespace: str = KSERVE_NAMESPACE) -> dict[str, str]:
+    """KServe's ConfigMap, or nothing when it cannot be read (KServe's defaults apply)."""
+    where = path("v1", "configmaps", namespace, CONFIGMAP)
+    try:
+        found = api.get(where, f"reading {namespace}/{CONFIGMAP}")
+    except PermanentError:  # not allowed to read it
+        found = None
+    return dict((found or {}).get("data") or {})
+
+
 class KServeServing:
     """Implements the serving port for one pipeline (the port's ``key`` is the pipeline's)."""
 
@@ -104,14 +114,8 @@ class KServeServing:
         self.api.require(resources.ISVC_GROUP_VERSION, resources.ISVC_PLURAL, KSERVE)
 
     def kserve_config(self) -> dict[str, str]:
-        """KServe's ConfigMap, or nothing when it cannot be read (KServe's defaults apply)."""
         if self._config is None:
-            where = path("v1", "configmaps", self.kserve_namespace, CONFIGMAP)
-            try:
-                found = self.api.get(where, f"reading {self.kserve_namespace}/{CONFIGMAP}")
-            except PermanentError:  # not allowed to read it: KServe's defaults
-                found = None
-            self._config = dict((found or {}).get("data") or {})
+            self._config = read_kserve_config(self.api, self.kserve_namespace)
         return self._config
 
     def get(self) -> dict[str, Any] | None:
@@ -137,15 +141,7 @@ class KServeServing:
             missing = rules.Readiness(False, False, "NotFound", f"{self._name} does not exist")
             return Observation(False, mode, None, None, missing)
         stable, candidate = resources.served_refs(isvc)
-        predictor = (isvc.get("spec") or {}).get("predictor") or {}
-        percent = predictor.get("canaryTrafficPercent")
-        name = self.pipeline.inference_service
-        wanted = rules.Wanted(
-            mode=mode,
-            stable=rules.predictor_name(name, stable.version) if stable else None,
-            candidate=rules.predictor_name(name, candidate.version) if candidate else None,
-            canary_percent=percent if isinstance(percent, int) else None,
-        )
+        wanted = resources.wanted(isvc, mode)
         return Observation(
             True, mode, stable, candidate, rules.judge(isvc, wanted), wanted.canary_percent
         )
