@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from kubernetes import client
 
 from testenv.binaries import binary
 from testenv.cluster import Cluster
@@ -32,6 +33,8 @@ REPO = Path(__file__).resolve().parents[2]
 NAMESPACE = "kserve"  # where KServe reads its ConfigMap ($POD_NAMESPACE)
 CONFIGMAP = "inferenceservice-config"
 PROJECT_RUNTIME = REPO / "deploy" / "kserve" / "clusterservingruntime.yaml"
+# The Gateway API's standard CRDs mlcd's router and KServe's own Gateway API ingress use.
+GATEWAY_API_CRDS = ("gatewayclasses", "gateways", "httproutes", "referencegrants")
 
 
 def inferenceservice_config(source: Path, deployment_mode: str = "RawDeployment") -> dict[str, Any]:
@@ -72,8 +75,12 @@ class KServe(Component):
         self.cluster = Cluster(apiserver)
         self.config = binary("kserve-config")
         self._install_crds()
-        self._apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}])
-        self._apply([inferenceservice_config(self.config / "configmap" / "inferenceservice.yaml")])
+        self._apply(
+            [
+                {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}},
+                inferenceservice_config(self.config / "configmap" / "inferenceservice.yaml"),
+            ]
+        )
         pki = self.dir / "pki"
         ca = CertificateAuthority(pki, "kserve-webhook-ca")
         self.ca = ca.cert
@@ -120,17 +127,22 @@ class KServe(Component):
 
     def _install_crds(self) -> None:
         names: list[str] = []
+        gateway = self.config / "gateway-api"
+        files = [gateway / f"gateway.networking.k8s.io_{n}.yaml" for n in GATEWAY_API_CRDS]
         for args in (
-            ("-k", str(self.config / "crd")),
-            ("-f", str(self.config / "gateway-api")),
+            ["-k", str(self.config / "crd")],
+            [arg for file in files for arg in ("-f", str(file))],
         ):
             out = self.cluster.kubectl(
                 "apply", "--server-side", "--force-conflicts", "-o", "name", *args, timeout=120
             ).stdout
-            names += [n for n in out.split() if n.startswith("customresourcedefinition")]
-        self.cluster.kubectl(
-            "wait", "--for=condition=Established", "--timeout=60s", *names, timeout=90
-        )
+            names += [
+                n.split("/", 1)[1] for n in out.split() if n.startswith("customresourcedefinition")
+            ]
+        with self.cluster.api_client() as api:
+            extensions = client.ApiextensionsV1Api(api)
+            for name in names:
+                Cluster._wait_established(extensions, name, timeout=60)
 
     def _wait_admission(self, timeout: float = 30) -> None:
         """Until the API server calls the webhooks: KServe's validator refuses a canary in
