@@ -27,8 +27,6 @@ from testenv.cluster import Cluster
 from testenv.kube import KubeAPIServer
 from testenv.stack import Stack
 
-FAIL_LABEL = "pod-container-running-failed.stage.kwok.x-k8s.io"
-
 
 def ref(version: str) -> ModelRef:
     return ModelRef(
@@ -162,12 +160,12 @@ def test_rollback_removes_the_candidate_and_leaves_the_stable_one_untouched(
     serving.serve("mnist", ref("1"))
     stable = deployments(api, namespace)["mnist-v1-predictor"]
 
-    # A candidate whose model server crashes: its pods fail on the simulated node.
+    # A candidate no node can take: its pod stays Pending, its Deployment never available.
     body = resources.inference_service(
         serving.pipeline, "Standard", ref("1"), ref("2"), 0, serving.options, "mlcd-digits"
     )
-    body["spec"]["canary"][0]["predictor"]["labels"] = {FAIL_LABEL: "true"}
-    kube.apply(serving._isvc_path, body, "a crashing candidate")
+    body["spec"]["canary"][0]["predictor"]["nodeSelector"] = {"mlcd.io/no-such-node": "true"}
+    kube.apply(serving._isvc_path, body, "a candidate that cannot run")
     seen = wait_for(
         "KServe to report the candidate not ready",
         lambda: (o := serving.observe()).readiness.reason == "CanariesNotReady" and o,

@@ -103,6 +103,7 @@ def _predictor(
         service_account_name=service_account,
         annotations={VERSION_ANNOTATION: ref.version, SHA256_ANNOTATION: ref.sha256},
         model=V1beta1ModelSpec(
+            name=None,  # the container's name is the runtime's
             model_format=V1beta1ModelFormat(name="onnx"),
             protocol_version="v2",
             runtime=options.runtime,
