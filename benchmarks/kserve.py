@@ -26,7 +26,7 @@ sys.path.insert(0, str(REPO / "tests"))
 import psutil  # noqa: E402
 from kubernetes import client  # noqa: E402
 
-from testenv.kserve import KServe  # noqa: E402
+from testenv.kserve import KServe, onnx_inference_service  # noqa: E402
 from testenv.stack import Stack  # noqa: E402
 
 POLL = 0.02
@@ -55,21 +55,7 @@ def isvc_ready(api: client.ApiClient, namespace: str, name: str) -> float:
         "v1beta1",
         namespace,
         "inferenceservices",
-        {
-            "apiVersion": "serving.kserve.io/v1beta1",
-            "kind": "InferenceService",
-            "metadata": {"name": name},
-            "spec": {
-                "predictor": {
-                    "model": {
-                        "modelFormat": {"name": "onnx"},
-                        "protocolVersion": "v2",
-                        "runtime": "mlcd-onnx",
-                        "storageUri": "s3://models/mnist/1/",
-                    }
-                }
-            },
-        },
+        onnx_inference_service(name, runtime="mlcd-onnx"),
     )
 
     def ready() -> bool:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 from kubernetes import client
 
+from helpers import wait_for
+from mlcd.domain.records import ModelRef
 from mlcd.domain.spec import SecretRef, StorageLocation
+from mlcd.serving.kserve.serving import KServeServing
 
 
 def custom(api: client.ApiClient) -> client.CustomObjectsApi:
@@ -31,10 +33,6 @@ def conditions(obj: dict[str, Any] | None) -> dict[str, str]:
     return {c["type"]: c["status"] for c in status.get("conditions") or []}
 
 
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:6]}"
-
-
 REPOSITORY = StorageLocation(
     uri="s3://models/team/",
     endpoint="http://minio.storage:9000",
@@ -47,3 +45,21 @@ def secrets(name: str) -> dict[str, str]:
     """The Secret the pipeline references, as the operator resolves it."""
     assert name == "minio-creds"
     return KEYS
+
+
+def ref(version: str) -> ModelRef:
+    """Version ``version`` of the model ``mnist`` in the repository (never downloaded here)."""
+    return ModelRef(uri=f"s3://models/team/mnist/{version}/", version=version, sha256=version * 64)
+
+
+def predictors(api: client.ApiClient, namespace: str) -> dict[str, Any]:
+    """The namespace's Deployments (KServe's predictors) by name."""
+    items = client.AppsV1Api(api).list_namespaced_deployment(namespace).items
+    return {d.metadata.name: d for d in items}
+
+
+def settled(serving: KServeServing, api: client.ApiClient, only: str, what: str) -> None:
+    """Until KServe serves one version again, and ``only`` is the one predictor left."""
+    serving.wait(lambda o: o.readiness.ready and o.candidate is None, what)
+    namespace = serving.pipeline.namespace
+    wait_for(f"{only} alone", lambda: set(predictors(api, namespace)) == {only}, timeout=30)

@@ -20,10 +20,9 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from kserve_helpers import secrets
+from kserve_helpers import ref, secrets
 
 from helpers import wait_for
-from mlcd.domain.records import ModelRef
 from mlcd.domain.rollout import resolve
 from mlcd.metrics.prometheus import PrometheusProvider
 from mlcd.ports import ServingKey
@@ -106,10 +105,6 @@ def predictors(tmp_path: pathlib.Path) -> Iterator[tuple[Predictor, Predictor]]:
     finally:
         stable.stop()
         candidate.stop()
-
-
-def ref(version: str) -> ModelRef:
-    return ModelRef(uri=f"s3://models/team/mnist/{version}/", version=version, sha256=version * 64)
 
 
 def test_success_rate_and_latency_of_the_canary_and_the_stable_predictor(

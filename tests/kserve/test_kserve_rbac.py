@@ -7,11 +7,10 @@ import pathlib
 
 import pytest
 import yaml
-from kserve_helpers import KEYS, get_isvc
+from kserve_helpers import KEYS, get_isvc, ref
 from kubernetes import client
 
 from helpers import wait_for
-from mlcd.domain.records import ModelRef
 from mlcd.k8s.kube import Kube
 from mlcd.ports import Routes, ServingKey
 from mlcd.serving.kserve.api import KubeAPI
@@ -21,10 +20,6 @@ from mlcd.serving.kserve.serving import KServeServing
 from testenv.cluster import Cluster
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-
-
-def ref(version: str) -> ModelRef:
-    return ModelRef(uri=f"s3://models/team/mnist/{version}/", version=version, sha256=version * 64)
 
 
 @pytest.fixture(scope="module")

@@ -10,12 +10,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from kserve_helpers import custom, get_isvc, secrets
+from kserve_helpers import custom, get_isvc, predictors, ref, secrets, settled
 from kubernetes import client
 
 from helpers import wait_for
 from mlcd.domain import kserve as rules
-from mlcd.domain.records import ModelRef
 from mlcd.domain.rollout import resolve
 from mlcd.ports import Routes, ServingKey, TrafficRouter
 from mlcd.serving.kserve.api import KubeAPI
@@ -23,10 +22,6 @@ from mlcd.serving.kserve.resources import Options, Pipeline
 from mlcd.serving.kserve.router import KServeRouter, MirrorUnsupported
 from mlcd.serving.kserve.serving import KServeServing
 from testenv.cluster import Cluster
-
-
-def ref(version: str) -> ModelRef:
-    return ModelRef(uri=f"s3://models/team/mnist/{version}/", version=version, sha256=version * 64)
 
 
 @pytest.fixture
@@ -56,11 +51,6 @@ def route(api: client.ApiClient, key: ServingKey) -> dict[str, Any]:
 def backends(api: client.ApiClient, key: ServingKey) -> list[tuple[str, int]]:
     [rule] = route(api, key)["spec"]["rules"]
     return [(b["name"], b["weight"]) for b in rule["backendRefs"]]
-
-
-def predictors(api: client.ApiClient, namespace: str) -> dict[str, Any]:
-    items = client.AppsV1Api(api).list_namespaced_deployment(namespace).items
-    return {d.metadata.name: d for d in items}
 
 
 def start_rollout(serving: KServeServing, router: KServeRouter, key: ServingKey) -> tuple[str, str]:
@@ -134,8 +124,7 @@ def test_the_route_follows_the_steps_and_promotion_leaves_the_new_version(
     assert backends(api, key) == [("mnist-v2-predictor", 100)]
     router.reconcile(key, serving.predictor_url(ref("2")), None)
     assert backends(api, key) == [("mnist-v2-predictor", 100)]
-    serving.wait(lambda o: o.readiness.ready and o.candidate is None, "the promotion")
-    wait_for("one predictor", lambda: set(predictors(api, namespace)) == {"mnist-v2-predictor"})
+    settled(serving, api, "mnist-v2-predictor", "the promotion")
     assert serving.current() == ref("2")
     assert router.routes(key) == Routes(0, False, False)
 
@@ -161,8 +150,7 @@ def test_rollback_leaves_the_stable_predictor_untouched(
     serving.rollback()
     router.reconcile(key, stable_url, None)
     assert backends(api, key) == [("mnist-v1-predictor", 100)]
-    serving.wait(lambda o: o.readiness.ready and o.candidate is None, "the rollback")
-    wait_for("one predictor", lambda: set(predictors(api, namespace)) == {"mnist-v1-predictor"})
+    settled(serving, api, "mnist-v1-predictor", "the rollback")
     after = predictors(api, namespace)["mnist-v1-predictor"]
     assert (after.metadata.uid, after.metadata.generation) == (
         before.metadata.uid,

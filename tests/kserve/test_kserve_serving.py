@@ -9,13 +9,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from kserve_helpers import KEYS, conditions, get_isvc, secrets
+from kserve_helpers import KEYS, conditions, get_isvc, predictors, ref, secrets, settled
 from kubernetes import client
 
 from helpers import wait_for
 from mlcd.artifacts.credentials import SecretResolver
 from mlcd.domain import kserve as rules
-from mlcd.domain.records import ModelRef
 from mlcd.domain.spec import StorageLocation
 from mlcd.errors import SpecError
 from mlcd.k8s.kube import Kube
@@ -28,12 +27,6 @@ from testenv.kube import KubeAPIServer
 from testenv.stack import Stack
 
 
-def ref(version: str) -> ModelRef:
-    return ModelRef(
-        uri=f"s3://models/team/mnist/{version}/", version=version, sha256=f"{version}" * 64
-    )
-
-
 def serving_for(
     kube: KubeAPI, pipeline: Pipeline, resolve: SecretResolver = secrets, **options: Any
 ) -> KServeServing:
@@ -43,11 +36,6 @@ def serving_for(
 @pytest.fixture
 def serving(kube: KubeAPI, pipeline: Pipeline) -> Iterator[KServeServing]:
     yield serving_for(kube, pipeline)
-
-
-def deployments(api: client.ApiClient, namespace: str) -> dict[str, Any]:
-    items = client.AppsV1Api(api).list_namespaced_deployment(namespace).items
-    return {d.metadata.name: d for d in items}
 
 
 def test_serves_a_version_as_an_onnx_inferenceservice(
@@ -76,7 +64,7 @@ def test_serves_a_version_as_an_onnx_inferenceservice(
         == "mlcd-onnx"
     )
     assert serving.current() == ref("1")
-    assert set(deployments(api, namespace)) == {"mnist-v1-predictor"}
+    assert set(predictors(api, namespace)) == {"mnist-v1-predictor"}
 
     # KServe's credential builder turned the Secret into the storage initializer's environment.
     core = client.CoreV1Api(api)
@@ -123,7 +111,7 @@ def test_a_new_version_goes_through_a_canary_and_replaces_the_old_one(
     serving: KServeServing, api: client.ApiClient, namespace: str
 ) -> None:
     serving.serve("mnist", ref("1"))
-    old = deployments(api, namespace)["mnist-v1-predictor"].metadata.uid
+    old = predictors(api, namespace)["mnist-v1-predictor"].metadata.uid
 
     seen = serving.deploy_candidate(ref("2"))
     assert (seen.stable, seen.candidate) == (ref("1"), ref("2"))
@@ -133,21 +121,16 @@ def test_a_new_version_goes_through_a_canary_and_replaces_the_old_one(
     [canary] = isvc["status"]["canaryStatuses"]
     assert (canary["name"], canary["ready"], canary["trafficPercent"]) == ("v2", True, 0)
     assert conditions(isvc)["CanaryPredictorReady"] == "True"
-    both = deployments(api, namespace)
+    both = predictors(api, namespace)
     assert set(both) == {"mnist-v1-predictor", "mnist-v2-predictor"}
     assert both["mnist-v1-predictor"].metadata.uid == old  # the stable one untouched
     assert client.CoreV1Api(api).read_namespaced_service("mnist-v2-predictor", namespace)
     candidate_deployment = both["mnist-v2-predictor"].metadata.uid
 
     serving.promote()
-    serving.wait(lambda o: o.readiness.ready and o.candidate is None, "the promotion")
-    wait_for(
-        "the old predictor removed",
-        lambda: set(deployments(api, namespace)) == {"mnist-v2-predictor"},
-        timeout=30,
-    )
+    settled(serving, api, "mnist-v2-predictor", "the promotion")
     # The candidate's own Deployment serves on: promotion restarts nothing.
-    assert deployments(api, namespace)["mnist-v2-predictor"].metadata.uid == candidate_deployment
+    assert predictors(api, namespace)["mnist-v2-predictor"].metadata.uid == candidate_deployment
     assert serving.current() == ref("2")
     isvc = get_isvc(api, namespace, "mnist")
     assert "canary" not in isvc["spec"]
@@ -158,7 +141,7 @@ def test_rollback_removes_the_candidate_and_leaves_the_stable_one_untouched(
     serving: KServeServing, kube: KubeAPI, api: client.ApiClient, namespace: str
 ) -> None:
     serving.serve("mnist", ref("1"))
-    stable = deployments(api, namespace)["mnist-v1-predictor"]
+    stable = predictors(api, namespace)["mnist-v1-predictor"]
 
     # A candidate no node can take: its pod stays Pending, its Deployment never available.
     body = resources.inference_service(
@@ -175,13 +158,8 @@ def test_rollback_removes_the_candidate_and_leaves_the_stable_one_untouched(
     assert seen.stable == ref("1") and seen.candidate == ref("2")
 
     serving.rollback()
-    serving.wait(lambda o: o.readiness.ready and o.candidate is None, "the rollback")
-    wait_for(
-        "the candidate removed",
-        lambda: set(deployments(api, namespace)) == {"mnist-v1-predictor"},
-        timeout=30,
-    )
-    after = deployments(api, namespace)["mnist-v1-predictor"]
+    settled(serving, api, "mnist-v1-predictor", "the rollback")
+    after = predictors(api, namespace)["mnist-v1-predictor"]
     assert after.metadata.uid == stable.metadata.uid
     assert after.metadata.generation == stable.metadata.generation
     assert serving.current() == ref("1")
@@ -204,7 +182,7 @@ def test_an_inferenceservice_that_never_becomes_ready(
     assert message.endswith("RuntimeNotRecognized: Waiting for runtime to become available")
     assert serving.current() is None
     assert conditions(get_isvc(api, namespace, "mnist")).get("Ready") != "True"
-    assert not deployments(api, namespace)
+    assert not predictors(api, namespace)
 
 
 def test_a_local_model_repository_is_refused_naming_the_field(
@@ -258,7 +236,7 @@ def test_deleting_the_pipeline_deletes_what_it_owns(
         names = {s.metadata.name for s in core.list_namespaced_secret(namespace).items}
         return (
             get_isvc(api, namespace, "mnist") is None
-            and not deployments(api, namespace)
+            and not predictors(api, namespace)
             and "mlcd-digits-s3" not in names
         )
 

@@ -5,31 +5,13 @@ mode, and deleting it removes its Deployment and Service."""
 from __future__ import annotations
 
 import json
-from typing import Any
 
 from kserve_helpers import conditions, custom, get_isvc
 from kubernetes import client
 
 from helpers import wait_for
 from testenv.cluster import Cluster
-
-
-def onnx_isvc(name: str, **predictor: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": "serving.kserve.io/v1beta1",
-        "kind": "InferenceService",
-        "metadata": {"name": name},
-        "spec": {
-            "predictor": {
-                "model": {
-                    "modelFormat": {"name": "onnx"},
-                    "protocolVersion": "v2",
-                    "storageUri": "s3://models/mnist/1/",
-                },
-                **predictor,
-            }
-        },
-    }
+from testenv.kserve import onnx_inference_service
 
 
 def test_kserve_runtimes_and_config_are_installed(cluster: Cluster, api: client.ApiClient) -> None:
@@ -45,7 +27,7 @@ def test_kserve_runtimes_and_config_are_installed(cluster: Cluster, api: client.
 
 def test_admission_is_real(cluster: Cluster, namespace: str) -> None:
     # KServe's validator refuses a canary in Serverless mode; its defaulter fills the spec.
-    bad = onnx_isvc("refused")
+    bad = onnx_inference_service("refused")
     bad["metadata"]["annotations"] = {"serving.kserve.io/deploymentMode": "Serverless"}
     bad["spec"]["canary"] = [
         {"predictor": {"name": "c", "model": {"storageUri": "s3://m/2/"}}, "trafficPercent": 0}
@@ -61,7 +43,11 @@ def test_an_onnx_inferenceservice_is_ready_and_goes_with_its_objects(
     cluster: Cluster, api: client.ApiClient, namespace: str
 ) -> None:
     custom(api).create_namespaced_custom_object(
-        "serving.kserve.io", "v1beta1", namespace, "inferenceservices", onnx_isvc("mnist")
+        "serving.kserve.io",
+        "v1beta1",
+        namespace,
+        "inferenceservices",
+        onnx_inference_service("mnist"),
     )
     ready = wait_for(
         "InferenceService mnist Ready",

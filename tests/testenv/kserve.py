@@ -51,6 +51,25 @@ def inferenceservice_config(source: Path, deployment_mode: str = "RawDeployment"
     return configmap
 
 
+def onnx_inference_service(name: str, **model: Any) -> dict[str, Any]:
+    """A plain ONNX InferenceService (V2 protocol), as a user would write one."""
+    return {
+        "apiVersion": "serving.kserve.io/v1beta1",
+        "kind": "InferenceService",
+        "metadata": {"name": name},
+        "spec": {
+            "predictor": {
+                "model": {
+                    "modelFormat": {"name": "onnx"},
+                    "protocolVersion": "v2",
+                    "storageUri": "s3://models/mnist/1/",
+                    **model,
+                }
+            }
+        },
+    }
+
+
 def webhook_configurations(source: Path, port: int, ca: bytes) -> list[dict[str, Any]]:
     """KServe's webhook configurations, pointed at the manager on 127.0.0.1 by URL."""
     documents = [d for d in yaml.safe_load_all(source.read_text()) if d]
