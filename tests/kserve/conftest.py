@@ -61,6 +61,7 @@ def pipeline(cluster: Cluster, pipelines_crd: None, namespace: str) -> Pipeline:
         artifacts=REPOSITORY.model_dump(by_alias=True, exclude_none=True),
     )
     body["metadata"] = {"name": "digits", "namespace": namespace}
+    body["spec"]["serving"] = {"inferenceService": "mnist"}
     cluster.kubectl("apply", "-f", "-", input=json.dumps(body))
     uid = cluster.kubectl(
         "get", "modelpipeline", "digits", "-n", namespace, "-o", "jsonpath={.metadata.uid}"

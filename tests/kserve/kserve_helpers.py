@@ -9,7 +9,7 @@ from kubernetes import client
 from helpers import wait_for
 from mlcd.domain.records import ModelRef
 from mlcd.domain.spec import SecretRef, StorageLocation
-from mlcd.serving.kserve.serving import KServeServing
+from mlcd.serving.kserve.serving import PipelineServing
 
 
 def custom(api: client.ApiClient) -> client.CustomObjectsApi:
@@ -58,7 +58,7 @@ def predictors(api: client.ApiClient, namespace: str) -> dict[str, Any]:
     return {d.metadata.name: d for d in items}
 
 
-def settled(serving: KServeServing, api: client.ApiClient, only: str, what: str) -> None:
+def settled(serving: PipelineServing, api: client.ApiClient, only: str, what: str) -> None:
     """Until KServe serves one version again, and ``only`` is the one predictor left."""
     serving.wait(lambda o: o.readiness.ready and o.candidate is None, what)
     namespace = serving.pipeline.namespace

@@ -25,13 +25,13 @@ from kserve_helpers import ref, secrets
 from helpers import wait_for
 from mlcd.domain.rollout import resolve
 from mlcd.metrics.prometheus import PrometheusProvider
-from mlcd.ports import ServingKey
+from mlcd.ports import PipelineKey
 from mlcd.processes import free_port, kill_group
 from mlcd.serving.kserve.api import KubeAPI
 from mlcd.serving.kserve.resources import Options, Pipeline
 from mlcd.serving.kserve.router import KServeRouter
 from mlcd.serving.kserve.runtime import EXPECTED_SHA256
-from mlcd.serving.kserve.serving import KServeServing
+from mlcd.serving.kserve.serving import PipelineServing
 from rollout.servers import request_body, write_model
 from testenv.prometheus import PrometheusAPI
 
@@ -113,10 +113,10 @@ def test_success_rate_and_latency_of_the_canary_and_the_stable_predictor(
     prometheus: PrometheusAPI,
     predictors: tuple[Predictor, Predictor],
 ) -> None:
-    key = ServingKey(pipeline.namespace, pipeline.name)
-    serving = KServeServing(kube, pipeline, secrets, Options(), ready_timeout=60, poll=0.2)
+    key = PipelineKey(pipeline.namespace, pipeline.name, pipeline.uid)
+    serving = PipelineServing(kube, pipeline, secrets, Options(), ready_timeout=60, poll=0.2)
     router = KServeRouter(kube)
-    serving.serve(MODEL, ref("1"))
+    serving.serve(ref("1"))
     serving.deploy_candidate(ref("2"))
     router.reconcile(key, serving.predictor_url(ref("1")), serving.predictor_url(ref("2")))
     targets = router.targets(key)

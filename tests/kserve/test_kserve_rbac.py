@@ -12,11 +12,11 @@ from kubernetes import client
 
 from helpers import wait_for
 from mlcd.k8s.kube import Kube
-from mlcd.ports import Routes, ServingKey
+from mlcd.ports import PipelineKey, Routes
 from mlcd.serving.kserve.api import KubeAPI
 from mlcd.serving.kserve.resources import Options, Pipeline
 from mlcd.serving.kserve.router import KServeRouter
-from mlcd.serving.kserve.serving import KServeServing
+from mlcd.serving.kserve.serving import PipelineServing
 from testenv.cluster import Cluster
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -61,13 +61,13 @@ def test_serving_and_a_rollout_with_the_operators_permissions(
     connection = Kube.connect(str(operator_kubeconfig), connections=2)
     try:
         kube = KubeAPI(connection.http)
-        serving = KServeServing(
+        serving = PipelineServing(
             kube, pipeline, connection.secrets(namespace), Options(), ready_timeout=60, poll=0.2
         )
         router = KServeRouter(kube)
-        key = ServingKey(namespace, pipeline.name)
+        key = PipelineKey(namespace, pipeline.name, pipeline.uid)
 
-        serving.serve("mnist", ref("1"))
+        serving.serve(ref("1"))
         router.reconcile(key, serving.predictor_url(ref("1")), None)
         serving.deploy_candidate(ref("2"))
         router.reconcile(key, serving.predictor_url(ref("1")), serving.predictor_url(ref("2")))

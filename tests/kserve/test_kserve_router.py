@@ -16,48 +16,49 @@ from kubernetes import client
 from helpers import wait_for
 from mlcd.domain import kserve as rules
 from mlcd.domain.rollout import resolve
-from mlcd.ports import Routes, ServingKey, TrafficRouter
+from mlcd.ports import PipelineKey, Routes, TrafficRouter
 from mlcd.serving.kserve.api import KubeAPI
 from mlcd.serving.kserve.resources import Options, Pipeline
 from mlcd.serving.kserve.router import KServeRouter, MirrorUnsupported
-from mlcd.serving.kserve.serving import KServeServing
-from testenv.cluster import Cluster
+from mlcd.serving.kserve.serving import PipelineServing
 
 
 @pytest.fixture
-def key(cluster: Cluster, pipelines_crd: None, namespace: str) -> ServingKey:
-    return ServingKey(namespace, "digits")
+def key(pipeline: Pipeline) -> PipelineKey:
+    return PipelineKey(pipeline.namespace, pipeline.name, pipeline.uid)
 
 
 @pytest.fixture
-def serving(kube: KubeAPI, pipeline: Pipeline) -> KServeServing:
-    return KServeServing(kube, pipeline, secrets, Options(), ready_timeout=60, poll=0.2)
+def serving(kube: KubeAPI, pipeline: Pipeline) -> PipelineServing:
+    return PipelineServing(kube, pipeline, secrets, Options(), ready_timeout=60, poll=0.2)
 
 
 @pytest.fixture
-def router(kube: KubeAPI, key: ServingKey) -> Iterator[KServeRouter]:
+def router(kube: KubeAPI, key: PipelineKey) -> Iterator[KServeRouter]:
     router = KServeRouter(kube)
     yield router
     router.finalize(key)
 
 
-def route(api: client.ApiClient, key: ServingKey) -> dict[str, Any]:
+def route(api: client.ApiClient, key: PipelineKey) -> dict[str, Any]:
     obj: dict[str, Any] = custom(api).get_namespaced_custom_object(
-        "gateway.networking.k8s.io", "v1", key.namespace, "httproutes", f"mlcd-{key.pipeline}"
+        "gateway.networking.k8s.io", "v1", key.namespace, "httproutes", f"mlcd-{key.name}"
     )
     return obj
 
 
-def backends(api: client.ApiClient, key: ServingKey) -> list[tuple[str, int]]:
+def backends(api: client.ApiClient, key: PipelineKey) -> list[tuple[str, int]]:
     [rule] = route(api, key)["spec"]["rules"]
     return [(b["name"], b["weight"]) for b in rule["backendRefs"]]
 
 
-def start_rollout(serving: KServeServing, router: KServeRouter, key: ServingKey) -> tuple[str, str]:
+def start_rollout(
+    serving: PipelineServing, router: KServeRouter, key: PipelineKey
+) -> tuple[str, str]:
     """What the operator does before a rollout: serve v1, route it; then the rollout's start
     intents (mirror off, weight 0, deploy the candidate)."""
     stable_url = serving.predictor_url(ref("1"))
-    serving.serve("mnist", ref("1"))
+    serving.serve(ref("1"))
     router.reconcile(key, stable_url, None)
     router.set_mirror(key, False)
     router.set_weights(key, 0)
@@ -74,14 +75,14 @@ def test_the_router_is_a_traffic_router(kube: KubeAPI) -> None:
 
 
 def test_the_route_follows_the_steps_and_promotion_leaves_the_new_version(
-    serving: KServeServing,
+    serving: PipelineServing,
     router: KServeRouter,
-    key: ServingKey,
+    key: PipelineKey,
     api: client.ApiClient,
     namespace: str,
 ) -> None:
     stable_url = serving.predictor_url(ref("1"))
-    url = (serving.serve("mnist", ref("1")), router.reconcile(key, stable_url, None))
+    url = (serving.serve(ref("1")), router.reconcile(key, stable_url, None))
     assert url[0] == url[1] == f"http://mnist-{namespace}.example.com"
     obj = route(api, key)
     assert obj["spec"]["hostnames"] == [f"mnist-{namespace}.example.com"]
@@ -130,9 +131,9 @@ def test_the_route_follows_the_steps_and_promotion_leaves_the_new_version(
 
 
 def test_rollback_leaves_the_stable_predictor_untouched(
-    serving: KServeServing,
+    serving: PipelineServing,
     router: KServeRouter,
-    key: ServingKey,
+    key: PipelineKey,
     api: client.ApiClient,
     namespace: str,
 ) -> None:
@@ -146,7 +147,7 @@ def test_rollback_leaves_the_stable_predictor_untouched(
     router.set_weights(key, 0)
     assert backends(api, key) == [("mnist-v1-predictor", 100), ("mnist-v2-predictor", 0)]
     router.set_mirror(key, False)
-    assert serving.serve("mnist", ref("1"))  # already served: nothing changes
+    assert serving.serve(ref("1"))  # already served: nothing changes
     serving.rollback()
     router.reconcile(key, stable_url, None)
     assert backends(api, key) == [("mnist-v1-predictor", 100)]
@@ -161,7 +162,7 @@ def test_rollback_leaves_the_stable_predictor_untouched(
 
 
 def test_mirroring_is_reported_unsupported(
-    serving: KServeServing, router: KServeRouter, key: ServingKey
+    serving: PipelineServing, router: KServeRouter, key: PipelineKey
 ) -> None:
     start_rollout(serving, router, key)
     with pytest.raises(MirrorUnsupported, match=r"shadowing .* is not supported"):
@@ -172,7 +173,7 @@ def test_mirroring_is_reported_unsupported(
 
 
 def test_reconcile_is_idempotent_and_keeps_the_weight(
-    serving: KServeServing, router: KServeRouter, key: ServingKey, api: client.ApiClient
+    serving: PipelineServing, router: KServeRouter, key: PipelineKey, api: client.ApiClient
 ) -> None:
     stable_url, candidate_url = start_rollout(serving, router, key)
     router.set_weights(key, 50)
@@ -183,16 +184,16 @@ def test_reconcile_is_idempotent_and_keeps_the_weight(
 
 
 def test_no_route_before_there_is_an_inferenceservice(
-    router: KServeRouter, key: ServingKey
+    router: KServeRouter, key: PipelineKey
 ) -> None:
     assert router.routes(key) is None
     assert router.candidate_ready(key) is False
 
 
 def test_the_route_goes_with_the_inferenceservice(
-    serving: KServeServing, router: KServeRouter, key: ServingKey, api: client.ApiClient
+    serving: PipelineServing, router: KServeRouter, key: PipelineKey, api: client.ApiClient
 ) -> None:
-    serving.serve("mnist", ref("1"))
+    serving.serve(ref("1"))
     router.reconcile(key, serving.predictor_url(ref("1")), None)
     serving.stop()
 
@@ -207,10 +208,12 @@ def test_the_route_goes_with_the_inferenceservice(
 
 
 def test_serverless_weights_are_kserve_canary_traffic_percent(
-    kube: KubeAPI, serving: KServeServing, key: ServingKey, api: client.ApiClient, namespace: str
+    kube: KubeAPI, serving: PipelineServing, key: PipelineKey, api: client.ApiClient, namespace: str
 ) -> None:
     # Knative cannot run here: the patches are what is checked.
-    knative = KServeServing(kube, serving.pipeline, secrets, Options(deployment_mode="Serverless"))
+    knative = PipelineServing(
+        kube, serving.pipeline, secrets, Options(deployment_mode="Serverless")
+    )
     router = KServeRouter(kube)
     knative.apply(ref("1"), ref("2"), 0)
     assert router.reconcile(key, "", "") == ""  # no route of mlcd's: KServe's own URL
@@ -226,7 +229,7 @@ def test_serverless_weights_are_kserve_canary_traffic_percent(
 
 
 def test_builtin_queries_name_the_predictors(
-    serving: KServeServing, router: KServeRouter, key: ServingKey, namespace: str
+    serving: PipelineServing, router: KServeRouter, key: PipelineKey, namespace: str
 ) -> None:
     start_rollout(serving, router, key)
     targets = router.targets(key)

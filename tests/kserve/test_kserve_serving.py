@@ -15,13 +15,15 @@ from kubernetes import client
 from helpers import wait_for
 from mlcd.artifacts.credentials import SecretResolver
 from mlcd.domain import kserve as rules
+from mlcd.domain.observations import ServingView
 from mlcd.domain.spec import StorageLocation
 from mlcd.errors import SpecError
 from mlcd.k8s.kube import Kube
+from mlcd.ports import PipelineKey
 from mlcd.serving.kserve import resources
 from mlcd.serving.kserve.api import KubeAPI, NotInstalled
 from mlcd.serving.kserve.resources import Options, Pipeline
-from mlcd.serving.kserve.serving import KServeServing, NotReady, condition_of
+from mlcd.serving.kserve.serving import KServeServing, NotReady, PipelineServing, condition_of
 from testenv.cluster import Cluster
 from testenv.kube import KubeAPIServer
 from testenv.stack import Stack
@@ -29,19 +31,19 @@ from testenv.stack import Stack
 
 def serving_for(
     kube: KubeAPI, pipeline: Pipeline, resolve: SecretResolver = secrets, **options: Any
-) -> KServeServing:
-    return KServeServing(kube, pipeline, resolve, Options(**options), ready_timeout=60, poll=0.2)
+) -> PipelineServing:
+    return PipelineServing(kube, pipeline, resolve, Options(**options), ready_timeout=60, poll=0.2)
 
 
 @pytest.fixture
-def serving(kube: KubeAPI, pipeline: Pipeline) -> Iterator[KServeServing]:
+def serving(kube: KubeAPI, pipeline: Pipeline) -> Iterator[PipelineServing]:
     yield serving_for(kube, pipeline)
 
 
 def test_serves_a_version_as_an_onnx_inferenceservice(
-    serving: KServeServing, api: client.ApiClient, namespace: str, pipeline: Pipeline
+    serving: PipelineServing, api: client.ApiClient, namespace: str, pipeline: Pipeline
 ) -> None:
-    url = serving.serve("mnist", ref("1"))
+    url = serving.serve(ref("1"))
 
     isvc = get_isvc(api, namespace, "mnist")
     assert isvc is not None
@@ -86,14 +88,14 @@ def test_serves_a_version_as_an_onnx_inferenceservice(
 
     # Serving the same version again changes nothing.
     generation = isvc["metadata"]["generation"]
-    assert serving.serve("mnist", ref("1")) == url
+    assert serving.serve(ref("1")) == url
     assert get_isvc(api, namespace, "mnist")["metadata"]["generation"] == generation
 
 
 def test_observed_generation_is_the_deployments_so_readiness_reads_the_predictor(
-    serving: KServeServing, api: client.ApiClient, namespace: str
+    serving: PipelineServing, api: client.ApiClient, namespace: str
 ) -> None:
-    serving.serve("mnist", ref("1"))
+    serving.serve(ref("1"))
     serving.deploy_candidate(ref("2"))
     serving.wait(lambda o: o.readiness.candidate_ready, "the candidate")
     serving.promote()
@@ -108,9 +110,9 @@ def test_observed_generation_is_the_deployments_so_readiness_reads_the_predictor
 
 
 def test_a_new_version_goes_through_a_canary_and_replaces_the_old_one(
-    serving: KServeServing, api: client.ApiClient, namespace: str
+    serving: PipelineServing, api: client.ApiClient, namespace: str
 ) -> None:
-    serving.serve("mnist", ref("1"))
+    serving.serve(ref("1"))
     old = predictors(api, namespace)["mnist-v1-predictor"].metadata.uid
 
     seen = serving.deploy_candidate(ref("2"))
@@ -138,9 +140,9 @@ def test_a_new_version_goes_through_a_canary_and_replaces_the_old_one(
 
 
 def test_rollback_removes_the_candidate_and_leaves_the_stable_one_untouched(
-    serving: KServeServing, kube: KubeAPI, api: client.ApiClient, namespace: str
+    serving: PipelineServing, kube: KubeAPI, api: client.ApiClient, namespace: str
 ) -> None:
-    serving.serve("mnist", ref("1"))
+    serving.serve(ref("1"))
     stable = predictors(api, namespace)["mnist-v1-predictor"]
 
     # A candidate no node can take: its pod stays Pending, its Deployment never available.
@@ -172,7 +174,7 @@ def test_an_inferenceservice_that_never_becomes_ready(
     serving = serving_for(kube, pipeline, runtime="mlcd-missing")
     serving.ready_timeout = 5
     with pytest.raises(NotReady) as raised:
-        serving.serve("mnist", ref("1"))
+        serving.serve(ref("1"))
     reason, message = condition_of(raised.value)
     assert reason == "InferenceServiceNotReady"
     assert message.startswith(
@@ -192,7 +194,7 @@ def test_a_local_model_repository_is_refused_naming_the_field(
         namespace, "digits", pipeline.uid, "mnist", "mnist", StorageLocation(uri="/srv/models")
     )
     with pytest.raises(SpecError) as raised:
-        serving_for(kube, local).serve("mnist", ref("1"))
+        serving_for(kube, local).serve(ref("1"))
     assert condition_of(raised.value) == (
         "InvalidSpec",
         "spec.artifacts.uri: serving on KServe needs an s3:// model repository, not '/srv/models'",
@@ -210,9 +212,9 @@ def test_kserve_not_installed_is_a_clear_condition(
         apiserver = bare.component("kube-apiserver")
         assert isinstance(apiserver, KubeAPIServer)
         connection = Kube.connect(str(apiserver.kubeconfig))
-        missing = KServeServing(KubeAPI(connection.http), pipeline, secrets)
+        missing = PipelineServing(KubeAPI(connection.http), pipeline, secrets)
         with pytest.raises(NotInstalled) as raised:
-            missing.serve("mnist", ref("1"))
+            missing.serve(ref("1"))
         connection.http.close()
     finally:
         bare.stop()
@@ -226,9 +228,9 @@ def test_kserve_not_installed_is_a_clear_condition(
 
 
 def test_deleting_the_pipeline_deletes_what_it_owns(
-    serving: KServeServing, cluster: Cluster, api: client.ApiClient, namespace: str
+    serving: PipelineServing, cluster: Cluster, api: client.ApiClient, namespace: str
 ) -> None:
-    serving.serve("mnist", ref("1"))
+    serving.serve(ref("1"))
     cluster.kubectl("delete", "modelpipeline", "digits", "-n", namespace, "--wait=false")
 
     def gone() -> bool:
@@ -245,9 +247,9 @@ def test_deleting_the_pipeline_deletes_what_it_owns(
 
 
 def test_stop_deletes_the_inferenceservice_and_credentials(
-    serving: KServeServing, api: client.ApiClient, namespace: str
+    serving: PipelineServing, api: client.ApiClient, namespace: str
 ) -> None:
-    serving.serve("mnist", ref("1"))
+    serving.serve(ref("1"))
     serving.stop()
     # KServe's finalizer holds the deletion until it has cleaned up.
     wait_for("the InferenceService gone", lambda: get_isvc(api, namespace, "mnist") is None, 30)
@@ -290,3 +292,55 @@ def test_serverless_patches_and_mode_detection(
     assert "canaryTrafficPercent" not in isvc["spec"]["predictor"]  # all to the latest
     assert isvc["spec"]["predictor"]["model"]["storageUri"] == "s3://models/team/mnist/2/"
     assert resources.STABLE_ANNOTATION not in isvc["metadata"]["annotations"]
+
+
+def test_the_serving_port_keyed_by_pipeline(
+    kube: KubeAPI, pipeline: Pipeline, api: client.ApiClient, namespace: str
+) -> None:
+    # What the loop holds: the key; the InferenceService's name and the repository come from
+    # the ModelPipeline in the cluster.
+    port = KServeServing(kube, lambda ns: secrets, ready_timeout=60, poll=0.2)
+    key = PipelineKey(namespace, pipeline.name, pipeline.uid)
+    assert port.running(key) is False
+    port.prepare(key, "mnist")  # credentials written, nothing served yet
+    assert port.running(key) is False
+
+    url = port.serve(key, "mnist", ref("1"), None)
+    assert url == f"http://mnist-{namespace}.example.com"
+    assert port.status(key, "mnist") == ServingView(ready=True, ref=ref("1"), url=url)
+    assert port.running(key) is True
+    # Another incarnation of a pipeline of that name owns nothing here.
+    assert port.running(PipelineKey(namespace, pipeline.name, "another-uid")) is False
+
+    # Without waiting (the operator's default), serve is one step: the candidate is created
+    # and KServe's reason for "not yet" is raised; the stable version keeps serving.
+    stepping = KServeServing(kube, lambda ns: secrets)
+    with pytest.raises(NotReady):
+        stepping.serve(key, "mnist", ref("2"), None)
+    view = port.status(key, "mnist")
+    assert (view.ready, view.ref) == (True, ref("1"))
+    assert set(predictors(api, namespace)) >= {"mnist-v1-predictor", "mnist-v2-predictor"}
+    assert port.serve(key, "mnist", ref("2"), None) == url
+    assert port.status(key, "mnist").ref == ref("2")
+
+    port.stop(key)
+    wait_for("nothing running", lambda: not port.running(key), timeout=30)
+    port.stop(key)  # twice is fine
+
+
+def test_prepare_reports_a_local_repository(
+    kube: KubeAPI, cluster: Cluster, pipeline: Pipeline, namespace: str
+) -> None:
+    cluster.kubectl(
+        "patch",
+        "modelpipeline",
+        "digits",
+        "-n",
+        namespace,
+        "--type=merge",
+        "-p",
+        json.dumps({"spec": {"artifacts": {"uri": "/srv/models"}}}),
+    )
+    port = KServeServing(kube, lambda ns: secrets)
+    with pytest.raises(SpecError, match=r"spec\.artifacts\.uri: serving on KServe needs an s3://"):
+        port.prepare(PipelineKey(namespace, pipeline.name, pipeline.uid), "mnist")

@@ -85,9 +85,9 @@ def owner(pipeline: Pipeline) -> V1OwnerReference:
     )
 
 
-def storage_names(pipeline: Pipeline) -> tuple[str, str]:
+def storage_names(pipeline: str) -> tuple[str, str]:
     """The Secret and the ServiceAccount of a pipeline's model repository credentials."""
-    return f"mlcd-{pipeline.name}-s3", f"mlcd-{pipeline.name}"
+    return f"mlcd-{pipeline}-s3", f"mlcd-{pipeline}"
 
 
 def _predictor(
@@ -225,7 +225,7 @@ def s3_secret(
 ) -> dict[str, Any]:
     """The model repository's keys under the names KServe reads, with the endpoint annotations
     its credential builder turns into the storage initializer's environment."""
-    secret_name, _ = storage_names(pipeline)
+    secret_name, _ = storage_names(pipeline.name)
     endpoint = pipeline.artifacts.endpoint if pipeline.artifacts else None
     return {
         "apiVersion": "v1",
@@ -244,7 +244,7 @@ def s3_secret(
 
 def service_account(pipeline: Pipeline, with_secret: bool) -> dict[str, Any]:
     """The predictors' ServiceAccount; KServe mounts the S3 credentials of the Secrets it lists."""
-    secret_name, account = storage_names(pipeline)
+    secret_name, account = storage_names(pipeline.name)
     body: dict[str, Any] = {
         "apiVersion": "v1",
         "kind": "ServiceAccount",

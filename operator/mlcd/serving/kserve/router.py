@@ -18,15 +18,19 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mlcd.domain import kserve as rules
 from mlcd.domain.rollout import Builtins, Targets
 from mlcd.errors import PermanentError, TemporaryError
-from mlcd.ports import Routes, ServingKey
+from mlcd.ports import PipelineKey, Routes, TrafficRouter
 from mlcd.serving.kserve import resources
 from mlcd.serving.kserve.api import KubeAPI, path
-from mlcd.serving.kserve.serving import KSERVE, KSERVE_NAMESPACE, read_kserve_config
+from mlcd.serving.kserve.serving import (
+    KSERVE_NAMESPACE,
+    find_inference_service,
+    read_kserve_config,
+)
 
 GATEWAY_GROUP = "gateway.networking.k8s.io"
 GATEWAY_GROUP_VERSION = f"{GATEWAY_GROUP}/v1"
@@ -118,21 +122,11 @@ class KServeRouter:
         namespace, _, name = str(configured).rpartition("/")
         return namespace or self.kserve_namespace, name
 
-    def find(self, key: ServingKey) -> Found | None:
-        """The InferenceService mlcd made for ``key`` (by its pipeline label)."""
-        self.api.require(resources.ISVC_GROUP_VERSION, resources.ISVC_PLURAL, KSERVE)
-        where = path(resources.ISVC_GROUP_VERSION, resources.ISVC_PLURAL, key.namespace)
-        listed = self.api.get(
-            f"{where}?labelSelector={resources.PIPELINE_LABEL}%3D{key.pipeline}",
-            f"listing the InferenceServices of {key}",
-        )
-        items = (listed or {}).get("items") or []
-        if not items:
+    def find(self, key: PipelineKey) -> Found | None:
+        """The InferenceService mlcd made for ``key``, and its predictors."""
+        isvc = find_inference_service(self.api, key)
+        if isvc is None:
             return None
-        if len(items) > 1:
-            names = ", ".join(sorted(i["metadata"]["name"] for i in items))
-            raise PermanentError(f"{key} owns more than one InferenceService: {names}")
-        isvc = items[0]
         status = isvc.get("status") or {}
         annotations = (isvc.get("metadata") or {}).get("annotations") or {}
         mode = rules.deployment_mode(
@@ -147,22 +141,22 @@ class KServeRouter:
         )
         return Found(isvc, mode, stable, candidate)
 
-    def _found(self, key: ServingKey) -> Found:
+    def _found(self, key: PipelineKey) -> Found:
         found = self.find(key)
         if found is None:
             raise TemporaryError(f"{key} has no InferenceService yet", delay=5.0)
         return found
 
-    def _route_path(self, key: ServingKey) -> str:
-        return path(GATEWAY_GROUP_VERSION, HTTPROUTES, key.namespace, f"mlcd-{key.pipeline}")
+    def _route_path(self, key: PipelineKey) -> str:
+        return path(GATEWAY_GROUP_VERSION, HTTPROUTES, key.namespace, f"mlcd-{key.name}")
 
-    def route(self, key: ServingKey) -> dict[str, Any] | None:
+    def route(self, key: PipelineKey) -> dict[str, Any] | None:
         if not self.api.serves(GATEWAY_GROUP_VERSION, HTTPROUTES):
             return None
         return self.api.get(self._route_path(key), f"reading the HTTPRoute of {key}")
 
     # -- writing ---------------------------------------------------------------------------------
-    def _apply_route(self, key: ServingKey, found: Found, attach: bool, weight: int) -> None:
+    def _apply_route(self, key: PipelineKey, found: Found, attach: bool, weight: int) -> None:
         self.api.require(GATEWAY_GROUP_VERSION, HTTPROUTES, GATEWAY_API)
         status = found.isvc.get("status") or {}
         host = str(status.get("url") or "").split("://", 1)[-1].split("/", 1)[0]
@@ -175,9 +169,9 @@ class KServeRouter:
             "apiVersion": GATEWAY_GROUP_VERSION,
             "kind": "HTTPRoute",
             "metadata": {
-                "name": f"mlcd-{key.pipeline}",
+                "name": f"mlcd-{key.name}",
                 "namespace": key.namespace,
-                "labels": {resources.PIPELINE_LABEL: key.pipeline},
+                "labels": {resources.PIPELINE_LABEL: key.name},
                 "ownerReferences": [
                     {
                         "apiVersion": resources.ISVC_GROUP_VERSION,
@@ -216,7 +210,7 @@ class KServeRouter:
         }
         self.api.apply(self._route_path(key), body, f"writing the HTTPRoute of {key}")
 
-    def _weight(self, key: ServingKey, found: Found) -> int:
+    def _weight(self, key: PipelineKey, found: Found) -> int:
         """The candidate's weight on the route now (0 when it has none)."""
         current = self.route(key)
         refs = ((current or {}).get("spec") or {}).get("rules") or [{}]
@@ -226,7 +220,7 @@ class KServeRouter:
         return 0
 
     # -- the port --------------------------------------------------------------------------------
-    def reconcile(self, key: ServingKey, stable: str, candidate: str | None) -> str:
+    def reconcile(self, key: PipelineKey, stable: str, candidate: str | None) -> str:
         """Routes the pipeline's host to its InferenceService's predictors: the stable one and,
         when ``candidate`` is given and KServe runs a canary, the candidate (weight 0 when new).
         The URLs name the upstreams as serving reported them; the predictors themselves are
@@ -239,7 +233,7 @@ class KServeRouter:
         self._apply_route(key, found, attach, self._weight(key, found) if attach else 0)
         return url
 
-    def set_weights(self, key: ServingKey, canary: int) -> None:
+    def set_weights(self, key: PipelineKey, canary: int) -> None:
         found = self._found(key)
         if found.mode == "Knative":
             predictor = (found.isvc.get("spec") or {}).get("predictor") or {}
@@ -263,7 +257,7 @@ class KServeRouter:
         )
         self._apply_route(key, found, attached and found.candidate is not None, canary)
 
-    def set_mirror(self, key: ServingKey, on: bool) -> None:
+    def set_mirror(self, key: PipelineKey, on: bool) -> None:
         """Not supported on KServe: a Gateway's RequestMirror filter is an extended feature
         that not every implementation has, and judging a shadow needs the candidate to score
         each request with the stable model as well, which mlcd's runtime does only on one
@@ -274,7 +268,7 @@ class KServeRouter:
                 "remove spec.serving.rollout.shadow"
             )
 
-    def routes(self, key: ServingKey) -> Routes | None:
+    def routes(self, key: PipelineKey) -> Routes | None:
         found = self.find(key)
         if found is None:
             return None
@@ -290,7 +284,7 @@ class KServeRouter:
         attached = found.candidate is not None and found.candidate in names
         return Routes(self._weight(key, found) if attached else 0, False, attached)
 
-    def candidate_ready(self, key: ServingKey) -> bool:
+    def candidate_ready(self, key: PipelineKey) -> bool:
         """KServe reports the candidate's predictor available (RawDeployment: its canary
         status and CanaryPredictorReady; Serverless: the latest revision ready)."""
         found = self.find(key)
@@ -298,7 +292,7 @@ class KServeRouter:
             return False
         return rules.judge(found.isvc, resources.wanted(found.isvc, found.mode)).candidate_ready
 
-    def targets(self, key: ServingKey) -> Targets:
+    def targets(self, key: PipelineKey) -> Targets:
         found = self._found(key)
         if found.mode == "Knative":
             predictor = ((found.isvc.get("status") or {}).get("components") or {}).get(
@@ -317,7 +311,11 @@ class KServeRouter:
             builtins=RAW_BUILTINS,
         )
 
-    def finalize(self, key: ServingKey) -> None:
+    def finalize(self, key: PipelineKey) -> None:
         """Deletes the route (the InferenceService is serving's to delete)."""
         if self.api.serves(GATEWAY_GROUP_VERSION, HTTPROUTES):
             self.api.delete(self._route_path(key), f"deleting the HTTPRoute of {key}")
+
+
+if TYPE_CHECKING:  # the port, checked by mypy
+    _PORT: type[TrafficRouter] = KServeRouter

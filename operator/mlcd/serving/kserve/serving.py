@@ -13,12 +13,15 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mlcd.artifacts.credentials import SecretResolver, s3_keys
 from mlcd.domain import kserve as rules
+from mlcd.domain.observations import ServingView
 from mlcd.domain.records import ModelRef
+from mlcd.domain.spec import API_GROUP, API_VERSION, Serving, StorageLocation
 from mlcd.errors import MlcdError, PermanentError, SpecError, TemporaryError
+from mlcd.ports import ModelServing, PipelineKey
 from mlcd.serving.kserve import resources
 from mlcd.serving.kserve.api import KubeAPI, NotInstalled, path
 from mlcd.serving.kserve.resources import Options, Pipeline
@@ -74,8 +77,9 @@ def read_kserve_config(api: KubeAPI, namespace: str = KSERVE_NAMESPACE) -> dict[
     return dict((found or {}).get("data") or {})
 
 
-class KServeServing:
-    """Implements the serving port for one pipeline (the port's ``key`` is the pipeline's)."""
+class PipelineServing:
+    """One pipeline's InferenceService: what KServe reports, and the switches of serving and
+    of a rollout."""
 
     def __init__(
         self,
@@ -84,7 +88,7 @@ class KServeServing:
         secrets: SecretResolver,
         options: Options | None = None,
         kserve_namespace: str = KSERVE_NAMESPACE,
-        ready_timeout: float = 300.0,
+        ready_timeout: float = 0.0,
         poll: float = 1.0,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
@@ -242,49 +246,185 @@ class KServeServing:
             self.apply(seen.stable)
         return self.observe()
 
-    # -- the serving port ------------------------------------------------------------------------
-    def prepare(self, model: str, key: str | None = None) -> None:
-        """Checks what can be checked before a model exists; nothing is slow to start here."""
-        self.check()
-        self.ensure_credentials()
+    # -- serving a version ----------------------------------------------------------------------
+    def step(self, ref: ModelRef) -> Observation:
+        """One idempotent step towards serving ``ref`` alone; returns what KServe reports after.
 
-    def abandon(self, key: str) -> None:
-        """Nothing was started by :meth:`prepare`."""
-
-    def serve(
-        self, model: str, ref: ModelRef, model_dir: object = None, key: str | None = None
-    ) -> str:
-        """Serves ``ref`` and returns the InferenceService's URL once KServe reports it ready.
-
-        The model is read by KServe's storage initializer from the repository, and the runtime
-        checks it against ``ref.sha256``; ``model_dir`` is not used. Replacing a served version
-        goes through a canary (up, ready) and its promotion, so no request finds nothing."""
+        RawDeployment replaces a served version through a canary: the new predictor is
+        created beside the old one, and only once KServe reports it ready does it become the
+        stable predictor (KServe then removes the old one), so no request finds nothing."""
         seen = self.observe()
-        if seen.exists and seen.stable == ref and seen.candidate is None and seen.readiness.ready:
-            return seen.url or ""
-        if not seen.exists or seen.stable is None or seen.mode == "Knative":
-            self.apply(ref)
-        else:
-            if seen.stable != ref:
-                self.apply(seen.stable, ref, 0)
-                self.wait(lambda o: o.readiness.candidate_ready, f"version {ref.version}")
-            self.apply(ref)
-        done = self.wait(
-            lambda o: o.stable == ref and o.candidate is None and o.readiness.ready,
-            f"version {ref.version}",
+        if seen.stable == ref and seen.candidate is None:
+            return seen
+        # Serve ``ref`` alone when nothing else serves, in Serverless (Knative moves the traffic
+        # once the new revision is ready), when it is the stable version already (a candidate
+        # beside it goes), or when it is a candidate KServe reports ready (promotion).
+        alone = (
+            seen.stable is None
+            or seen.mode == "Knative"
+            or seen.stable == ref
+            or (seen.candidate == ref and seen.readiness.candidate_ready)
         )
-        return done.url or ""
+        if alone or seen.stable is None:
+            self.apply(ref)
+        elif seen.candidate != ref:
+            self.apply(seen.stable, ref, 0)
+        return self.observe()
 
-    def current(self, key: str | None = None) -> ModelRef | None:
+    def serve(self, ref: ModelRef) -> str:
+        """Steps towards ``ref`` until KServe reports it served alone and ready (at most
+        ``ready_timeout`` seconds; 0 is one step); returns the InferenceService's URL, or raises
+        :class:`NotReady` with KServe's reason. The model is read by KServe's storage
+        initializer from the repository, and the runtime checks it against ``ref.sha256``."""
+        deadline = time.monotonic() + self.ready_timeout
+        while True:
+            seen = self.step(ref)
+            if seen.stable == ref and seen.candidate is None and seen.readiness.ready:
+                return seen.url or ""
+            if time.monotonic() >= deadline:
+                why = seen.readiness
+                raise NotReady(
+                    f"{self._name}: version {ref.version} not ready after "
+                    f"{self.ready_timeout:.0f} s: {why.reason}: {why.message}",
+                    why.reason,
+                )
+            self._sleep(self.poll)
+
+    def current(self) -> ModelRef | None:
         seen = self.observe()
         return seen.stable if seen.readiness.ready else None
 
-    def stop(self, key: str | None = None) -> None:
+    def view(self) -> ServingView:
+        """What KServe reports, as the loop observes a serving target."""
+        seen = self.observe()
+        why = seen.readiness
+        reason = "" if why.ready else f"{why.reason}: {why.message}"
+        return ServingView(ready=why.ready, ref=seen.stable, url=why.url, reason=reason)
+
+    def stop(self) -> None:
         """Deletes the InferenceService (KServe removes its predictors) and the credentials."""
-        secret, account = resources.storage_names(self.pipeline)
-        ns = self.pipeline.namespace
-        self.api.delete(self._isvc_path, f"deleting {self._name}")
-        self.api.delete(path("v1", "secrets", ns, secret), f"deleting secret {ns}/{secret}")
-        self.api.delete(
-            path("v1", "serviceaccounts", ns, account), f"deleting serviceaccount {ns}/{account}"
+        delete_owned(self.api, self.pipeline.namespace, self.pipeline.name, self._isvc_path)
+
+
+def delete_owned(api: KubeAPI, namespace: str, pipeline: str, isvc_path: str | None) -> None:
+    secret, account = resources.storage_names(pipeline)
+    if isvc_path is not None:
+        api.delete(isvc_path, f"deleting the InferenceService of {namespace}/{pipeline}")
+    api.delete(path("v1", "secrets", namespace, secret), f"deleting secret {namespace}/{secret}")
+    api.delete(
+        path("v1", "serviceaccounts", namespace, account),
+        f"deleting serviceaccount {namespace}/{account}",
+    )
+
+
+def find_inference_service(api: KubeAPI, key: PipelineKey) -> dict[str, Any] | None:
+    """The InferenceService mlcd made for ``key``: labelled with its pipeline and, in a
+    cluster, owned by that very incarnation of it (its uid)."""
+    api.require(resources.ISVC_GROUP_VERSION, resources.ISVC_PLURAL, KSERVE)
+    where = path(resources.ISVC_GROUP_VERSION, resources.ISVC_PLURAL, key.namespace)
+    listed = api.get(
+        f"{where}?labelSelector={resources.PIPELINE_LABEL}%3D{key.name}",
+        f"listing the InferenceServices of {key}",
+    )
+    items = [
+        item
+        for item in (listed or {}).get("items") or []
+        if not key.uid
+        or any(o.get("uid") == key.uid for o in item["metadata"].get("ownerReferences") or [])
+    ]
+    if len(items) > 1:
+        names = ", ".join(sorted(i["metadata"]["name"] for i in items))
+        raise PermanentError(f"{key} owns more than one InferenceService: {names}")
+    return items[0] if items else None
+
+
+class KServeServing:
+    """The serving port on KServe, for every pipeline: each call is keyed by the pipeline,
+    whose spec (the InferenceService's name, the model repository) is read from the cluster.
+
+    ``secrets`` gives a namespace's Secret resolver (the operator's, reading by reference)."""
+
+    def __init__(
+        self,
+        api: KubeAPI,
+        secrets: Callable[[str], SecretResolver],
+        options: Options | None = None,
+        kserve_namespace: str = KSERVE_NAMESPACE,
+        ready_timeout: float = 0.0,
+        poll: float = 1.0,
+        pipelines: Callable[[PipelineKey], Pipeline] | None = None,
+    ) -> None:
+        self.api, self.secrets = api, secrets
+        self.options = options or Options()
+        self.kserve_namespace = kserve_namespace
+        self.ready_timeout, self.poll = ready_timeout, poll
+        self._pipelines = pipelines or self.read_pipeline
+
+    def read_pipeline(self, key: PipelineKey) -> Pipeline:
+        """The pipeline's serving spec, from its ModelPipeline."""
+        where = path(f"{API_GROUP}/{API_VERSION}", "modelpipelines", key.namespace, key.name)
+        found = self.api.get(where, f"reading modelpipeline {key}")
+        uid = str(((found or {}).get("metadata") or {}).get("uid") or "")
+        if found is None or (key.uid and uid != key.uid):
+            raise PermanentError(f"modelpipeline {key} not found")
+        spec = found.get("spec") or {}
+        serving = Serving.model_validate(spec.get("serving") or {})
+        artifacts = spec.get("artifacts")
+        return Pipeline(
+            namespace=key.namespace,
+            name=key.name,
+            uid=uid,
+            inference_service=serving.inference_service,
+            model=serving.name,
+            artifacts=StorageLocation.model_validate(artifacts) if artifacts else None,
         )
+
+    def target(self, key: PipelineKey) -> PipelineServing:
+        return PipelineServing(
+            self.api,
+            self._pipelines(key),
+            self.secrets(key.namespace),
+            self.options,
+            self.kserve_namespace,
+            self.ready_timeout,
+            self.poll,
+        )
+
+    def serve(self, key: PipelineKey, model: str, ref: ModelRef, model_dir: object = None) -> str:
+        """Serves ``ref`` (see :meth:`PipelineServing.serve`); ``model_dir`` is not used: the
+        predictors read the version from the model repository."""
+        return self.target(key).serve(ref)
+
+    def prepare(self, key: PipelineKey, model: str) -> None:
+        """Checks what can be checked before a model exists (the repository is S3, KServe is
+        installed) and writes the credentials; nothing is slow to start here."""
+        target = self.target(key)
+        target.check()
+        target.ensure_credentials()
+
+    def abandon(self, key: PipelineKey) -> None:
+        """Nothing was started by :meth:`prepare`."""
+
+    def status(self, key: PipelineKey, model: str) -> ServingView:
+        return self.target(key).view()
+
+    def running(self, key: PipelineKey) -> bool:
+        return find_inference_service(self.api, key) is not None
+
+    def stop(self, key: PipelineKey) -> None:
+        """Deletes the pipeline's InferenceService and credentials (found by label, so a
+        pipeline already deleted is cleaned up too)."""
+        isvc = find_inference_service(self.api, key)
+        where = None
+        if isvc is not None:
+            where = path(
+                resources.ISVC_GROUP_VERSION,
+                resources.ISVC_PLURAL,
+                key.namespace,
+                isvc["metadata"]["name"],
+            )
+        delete_owned(self.api, key.namespace, key.name, where)
+
+
+if TYPE_CHECKING:  # the port, checked by mypy
+    _PORT: type[ModelServing] = KServeServing
