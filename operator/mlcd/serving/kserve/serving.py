@@ -198,11 +198,17 @@ class PipelineServing:
         )
         return self.api.apply(self._isvc_path, body, f"writing {self._name}")
 
-    def wait(self, done: Callable[[Observation], bool], what: str) -> Observation:
-        """Polls until ``done``; raises :class:`NotReady` with KServe's reason after the timeout."""
+    def wait(
+        self,
+        done: Callable[[Observation], bool],
+        what: str,
+        look: Callable[[], Observation] | None = None,
+    ) -> Observation:
+        """Looks (by default: observes) until ``done``, at least once; raises
+        :class:`NotReady` with KServe's reason after ``ready_timeout`` seconds."""
         deadline = time.monotonic() + self.ready_timeout
         while True:
-            seen = self.observe()
+            seen = (look or self.observe)()
             if done(seen):
                 return seen
             if time.monotonic() >= deadline:
@@ -276,19 +282,12 @@ class PipelineServing:
         ``ready_timeout`` seconds; 0 is one step); returns the InferenceService's URL, or raises
         :class:`NotReady` with KServe's reason. The model is read by KServe's storage
         initializer from the repository, and the runtime checks it against ``ref.sha256``."""
-        deadline = time.monotonic() + self.ready_timeout
-        while True:
-            seen = self.step(ref)
-            if seen.stable == ref and seen.candidate is None and seen.readiness.ready:
-                return seen.url or ""
-            if time.monotonic() >= deadline:
-                why = seen.readiness
-                raise NotReady(
-                    f"{self._name}: version {ref.version} not ready after "
-                    f"{self.ready_timeout:.0f} s: {why.reason}: {why.message}",
-                    why.reason,
-                )
-            self._sleep(self.poll)
+        seen = self.wait(
+            lambda o: o.stable == ref and o.candidate is None and o.readiness.ready,
+            f"version {ref.version}",
+            look=lambda: self.step(ref),
+        )
+        return seen.url or ""
 
     def current(self) -> ModelRef | None:
         seen = self.observe()
