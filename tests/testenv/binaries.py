@@ -23,6 +23,8 @@ BINARIES: dict[str, str] = {
     "helm": "MLCD_HELM",
     "kubeconform": "MLCD_KUBECONFORM",
     "monitoring-crds": "MLCD_MONITORING_CRDS",
+    "kserve-manager": "MLCD_KSERVE_MANAGER",
+    "kserve-config": "MLCD_KSERVE_CONFIG",
     "prometheus": "MLCD_PROMETHEUS",
     "haproxy": "MLCD_HAPROXY",
     "training-operator": "MLCD_TRAINING_OPERATOR",

@@ -17,6 +17,7 @@ import pytest
 
 from testenv.cluster import Cluster
 from testenv.haproxy import HAProxy
+from testenv.kserve import KServe
 from testenv.kube import NODE_NAME, KubeAPIServer
 from testenv.minio import MinIO
 from testenv.node import RealNode
@@ -34,6 +35,7 @@ STACK_FIXTURES = (
     "training_operator",
     "trainer",
     "katib_crds",
+    "kserve",
 )
 LOG_LINES = 60
 
@@ -65,7 +67,7 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         names = set(getattr(item, "fixturenames", ()))
-        if "nodes" in names:
+        if names & {"nodes", "kserve"}:
             item.add_marker(pytest.mark.nodes)
         if "real_node" in names:
             item.add_marker(pytest.mark.real_node)
@@ -187,3 +189,13 @@ def katib_crds(testenv_stack: Stack, apiserver: Cluster) -> Cluster:
     """Katib's CRDs (Experiment, Trial, Suggestion); the tests play its controller."""
     testenv_stack.up("katib_crds")
     return apiserver
+
+
+@pytest.fixture(scope="session")
+def kserve(testenv_stack: Stack, nodes: list[str]) -> KServe:
+    """KServe's controller (v0.20, RawDeployment by default) with its CRDs, ConfigMap, webhooks
+    and ClusterServingRuntimes, on the simulated node."""
+    testenv_stack.up("kserve")
+    component = testenv_stack.component("kserve")
+    assert isinstance(component, KServe)
+    return component

@@ -11,6 +11,7 @@ from typing import Any
 
 from testenv.component import Component
 from testenv.haproxy import HAProxy
+from testenv.kserve import KServe
 from testenv.kube import Etcd, KubeAPIServer, KubeControllerManager, KubeScheduler, Kwok
 from testenv.kubeflow import JobSet, KatibCRDs, Trainer, TrainingOperator
 from testenv.minio import MinIO
@@ -38,6 +39,7 @@ COMPONENTS: dict[str, type[Component]] = {
         Kubelet,
         KubeProxy,
         CoreDNS,
+        KServe,
     )
 }
 
@@ -62,6 +64,14 @@ GROUPS: dict[str, tuple[str, ...]] = {
         "kubelet",
         "kube-proxy",
         "coredns",
+    ),
+    "kserve": (
+        "etcd",
+        "kube-apiserver",
+        "kube-controller-manager",
+        "kube-scheduler",
+        "kwok",
+        "kserve",
     ),
 }
 

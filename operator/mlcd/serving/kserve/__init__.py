@@ -1,0 +1,1 @@
+"""Serving on KServe: an InferenceService per pipeline, its readiness, and the traffic split."""

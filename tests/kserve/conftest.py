@@ -1,0 +1,69 @@
+"""Shared pieces of the KServe tests: a namespace, the admin's clients, a pipeline to own things."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from kserve_helpers import REPOSITORY
+from kubernetes import client
+
+from helpers import softmax_pipeline
+from mlcd.k8s.kube import Kube
+from mlcd.serving.kserve.api import KubeAPI
+from mlcd.serving.kserve.resources import Pipeline
+from testenv.cluster import Cluster
+from testenv.kserve import KServe
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def cluster(kserve: KServe) -> Cluster:
+    return kserve.cluster
+
+
+@pytest.fixture(scope="session")
+def pipelines_crd(cluster: Cluster) -> None:
+    cluster.install_crds(ROOT / "crds")
+
+
+@pytest.fixture
+def namespace(cluster: Cluster) -> Iterator[str]:
+    name = cluster.create_namespace(prefix="kserve-")
+    yield name
+    cluster.delete_namespace(name)
+
+
+@pytest.fixture
+def api(cluster: Cluster) -> Iterator[client.ApiClient]:
+    with cluster.api_client() as api_client:
+        yield api_client
+
+
+@pytest.fixture
+def kube(cluster: Cluster) -> Iterator[KubeAPI]:
+    """The REST client serving on KServe uses, logged in as the admin."""
+    connection = Kube.connect(str(cluster.kubeconfig), connections=4)
+    try:
+        yield KubeAPI(connection.http)
+    finally:
+        connection.http.close()
+
+
+@pytest.fixture
+def pipeline(cluster: Cluster, pipelines_crd: None, namespace: str) -> Pipeline:
+    """A ModelPipeline in the cluster, to own what serving creates."""
+    body = softmax_pipeline(
+        "s3://datasets/mnist.npz",
+        artifacts=REPOSITORY.model_dump(by_alias=True, exclude_none=True),
+    )
+    body["metadata"] = {"name": "digits", "namespace": namespace}
+    body["spec"]["serving"] = {"inferenceService": "mnist"}
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(body))
+    uid = cluster.kubectl(
+        "get", "modelpipeline", "digits", "-n", namespace, "-o", "jsonpath={.metadata.uid}"
+    ).stdout
+    return Pipeline(namespace, "digits", uid, "mnist", "mnist", REPOSITORY)
