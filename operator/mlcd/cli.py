@@ -107,6 +107,25 @@ def _parser() -> argparse.ArgumentParser:
     trig.add_argument("-n", "--namespace", default=None)
     trig.add_argument("--kubeconfig")
 
+    for command, text in (
+        ("promote", "skip a rollout's remaining steps: the candidate serves all traffic"),
+        ("abort", "stop a rollout: all traffic back to the stable model"),
+        ("pause", "hold a rollout where it is"),
+        ("resume", "let a paused rollout go on"),
+        ("rollback", "stop a rollout, or with --to serve an earlier version at once"),
+    ):
+        control = sub.add_parser(command, help=text)
+        control.add_argument("name")
+        control.add_argument("-n", "--namespace", default=None)
+        control.add_argument(
+            "--kubeconfig",
+            help="act on the cluster (default: this machine "
+            "when the pipeline ran here, else the cluster)",
+        )
+        control.add_argument("--timeout", type=float, default=300.0)
+        if command == "rollback":
+            control.add_argument("--to", dest="version", help="the version to serve")
+
     comp = sub.add_parser("compile", help="write the pipeline's KFP IR package")
     comp.add_argument("-o", "--output", type=pathlib.Path, default=pathlib.Path("pipeline.yaml"))
     return parser
@@ -128,6 +147,10 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_down(args, out)
         if args.command == "operator":
             return cmd_operator(args)
+        if args.command in ("promote", "abort", "pause", "resume", "rollback"):
+            from mlcd import controls
+
+            return int(controls.main(args, out))
         if args.command in ("get", "describe", "trigger"):
             from mlcd import cluster_cli
 
@@ -201,16 +224,20 @@ def cmd_run(args: argparse.Namespace, out: Console, err: Console) -> int:
             err.print(f"run [bold]{run_id}[/] of {pipeline.namespace}/{pipeline.name}")
 
     shown = view if view is not None else contextlib.nullcontext()
-    with interrupts.catching(), loop.exclusive(pipeline), shown:
-        summary = loop.run(
-            pipeline,
-            resource,
-            on_event=view.apply if view is not None else None,
-            on_start=on_start,
-            interrupts=interrupts,
-        )
-        if view is not None and summary is not None:
-            view.serving(summary)
+    try:
+        with interrupts.catching(), loop.exclusive(pipeline), shown:
+            summary = loop.run(
+                pipeline,
+                resource,
+                on_event=view.apply if view is not None else None,
+                on_start=on_start,
+                interrupts=interrupts,
+                on_rollout=view.rollout if view is not None else None,
+            )
+            if view is not None and summary is not None:
+                view.serving(summary)
+    finally:
+        loop.close()
     if interrupts.set:
         err.print("[yellow]interrupted: the run and its processes were stopped[/]")
     if summary is None:
@@ -252,6 +279,44 @@ def _summary(
         "timings": {**(record.timings if record is not None else {}), "total": round(elapsed, 2)},
         "record": summary.record,
         "report": str(report) if report and report.exists() else None,
+        "rollout": _rollout_summary(status.rollout, summary),
+    }
+
+
+def _rollout_summary(rollout: Any, summary: RunSummary) -> dict[str, Any] | None:
+    """The run's rollout: its phase, how it ended, every step with its analyses."""
+    if rollout is None or rollout.run != summary.id:
+        return None
+    return {
+        "phase": rollout.phase,
+        "result": summary.result,
+        "reason": rollout.reason,
+        "steps": [
+            {
+                "step": step.step,
+                "weight": step.weight,
+                "mirror": step.mirror,
+                "analyses": [
+                    {
+                        "at": analysis.at,
+                        "verdict": analysis.verdict,
+                        "metrics": [
+                            {
+                                "metric": r.metric,
+                                "query": r.query,
+                                "value": r.value,
+                                "samples": r.samples,
+                                "verdict": r.verdict,
+                                "reason": r.reason,
+                            }
+                            for r in analysis.results
+                        ],
+                    }
+                    for analysis in step.analyses
+                ],
+            }
+            for step in rollout.steps
+        ],
     }
 
 
@@ -282,6 +347,13 @@ def _print_summary(out: Console, s: dict[str, Any]) -> None:
     table.add_row("timings", "  ".join(f"{k} {v:.1f}s" for k, v in s["timings"].items()))
     if s["report"]:
         table.add_row("report", s["report"])
+    if s.get("rollout"):
+        rollout = s["rollout"]
+        steps = " → ".join(
+            "shadow" if step["mirror"] and not step["weight"] else f"{step['weight']}%"
+            for step in rollout["steps"]
+        )
+        table.add_row("rollout", f"{rollout['phase']} ({steps}): {rollout['reason']}")
     out.print(table)
 
 

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
 from mlcd.domain.records import STAGES
+from mlcd.domain.rollout import RolloutState
 from mlcd.domain.spec import ModelPipeline
 from mlcd.domain.status import RunSummary
 from mlcd.pipeline.events import EventLog
@@ -29,6 +30,7 @@ class RunView:
             transient=False,
         )
         self.stages: dict[str, TaskID] = {}
+        self.rollout_steps: dict[int, TaskID] = {}
         self.trials: dict[int, TaskID] = {}
         self.started: set[int] = set()
         tuning = pipeline.spec.tuning
@@ -89,6 +91,30 @@ class RunView:
             progress.update(self.stages["train"], note=f"{event.get('workers')} worker(s)")
         elif kind == "exported":
             progress.update(self.stages["export"], note=f"version {event.get('version')}")
+
+    def rollout(self, state: RolloutState) -> None:
+        """A bar per rollout step (the shadow phase first), with the last analysis' values."""
+        for record in state.steps:
+            label = "shadow" if record.step == 0 else f"step {record.step} {record.weight:>3}%"
+            task = self.rollout_steps.get(record.step)
+            if task is None:
+                task = self.progress.add_task(f"  {label:<14}", total=1, note="", start=True)
+                self.rollout_steps[record.step] = task
+            note = ""
+            if record.analyses:
+                last = record.analyses[-1]
+                note = f"{last.verdict}: " + "  ".join(
+                    f"{r.metric}={_short(r.value) if r.value is not None else 'no data'}"
+                    for r in last.results
+                )
+            current = record.step == state.step and state.phase in ("Shadowing", "Progressing")
+            if state.phase in ("Shadowing",) and record.step == 0:
+                current = True
+            done = not current or state.phase in ("Promoted", "RolledBack", "Failed")
+            self.progress.update(task, completed=1 if done else 0, note=note[:90])
+        serve = self.stages["serve"]
+        self.progress.start_task(serve)
+        self.progress.update(serve, note=f"rollout {state.phase}: {state.reason}"[:90])
 
     def serving(self, record: RunSummary) -> None:
         task = self.stages["serve"]

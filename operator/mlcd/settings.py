@@ -23,6 +23,20 @@ class LocalSettings:
     )
     #: How long a new model server may take to become ready, in seconds.
     serving_ready_timeout: float = 90.0
+    #: A Prometheus of yours for rollout analyses; default: one mlcd starts and keeps running
+    #: (``MLCD_PROMETHEUS_URL``).
+    prometheus_url: str | None = field(
+        default_factory=lambda: os.environ.get("MLCD_PROMETHEUS_URL") or None
+    )
+    #: Fault injection for candidate model servers, a test and demo device, e.g.
+    #: ``error=0.05`` (``MLCD_CANDIDATE_FAULTS``; see docs/rollout.md).
+    candidate_faults: str | None = field(
+        default_factory=lambda: os.environ.get("MLCD_CANDIDATE_FAULTS") or None
+    )
+
+    @property
+    def candidate_env(self) -> dict[str, str]:
+        return {"MLCD_SERVING_FAULTS": self.candidate_faults} if self.candidate_faults else {}
 
     @property
     def models(self) -> pathlib.Path:
@@ -80,6 +94,25 @@ class OperatorSettings:
     liveness: str | None = field(default_factory=lambda: os.environ.get("MLCD_LIVENESS") or None)
     #: Kubeconfig to use; default as kubectl: KUBECONFIG, ~/.kube/config, in-cluster.
     kubeconfig: str | None = field(default_factory=lambda: os.environ.get("KUBECONFIG") or None)
+    #: Prometheus for rollout analyses and the degradation trigger; default: one the operator
+    #: starts in its state folder (``MLCD_PROMETHEUS_URL``).
+    prometheus_url: str | None = field(
+        default_factory=lambda: os.environ.get("MLCD_PROMETHEUS_URL") or None
+    )
+    #: The folder whose target files that Prometheus discovers the router and model servers by
+    #: (``MLCD_PROMETHEUS_TARGETS``; the embedded Prometheus' own by default).
+    prometheus_targets: pathlib.Path | None = field(
+        default_factory=lambda: (
+            pathlib.Path(os.environ["MLCD_PROMETHEUS_TARGETS"])
+            if os.environ.get("MLCD_PROMETHEUS_TARGETS")
+            else None
+        )
+    )
+    #: Fault injection for candidate model servers, a test and demo device
+    #: (``MLCD_CANDIDATE_FAULTS``; see docs/rollout.md).
+    candidate_faults: str | None = field(
+        default_factory=lambda: os.environ.get("MLCD_CANDIDATE_FAULTS") or None
+    )
     #: A file holding the current time (ISO 8601): for tests and dry runs of schedules
     #: (``MLCD_CLOCK_FILE``).
     clock_file: pathlib.Path | None = field(

@@ -178,6 +178,9 @@ SETTINGS = {
 NOT_VALUES = {
     "kubeconfig": "in a pod the operator uses its ServiceAccount",
     "clock_file": "a test and dry-run aid",
+    "prometheus_url": "the local engine's rollouts only; in a cluster, KServe serving",
+    "prometheus_targets": "the local engine's rollouts only: its own Prometheus' folder",
+    "candidate_faults": "a test and demo device",
 }
 
 

@@ -27,7 +27,7 @@ from mlcd.domain.intents import Notice, Started
 from mlcd.domain.observations import Outcome, PipelineView
 from mlcd.domain.status import ModelPipelineStatus
 from mlcd.metrics.operator import OperatorMetrics
-from mlcd.ports import ModelServing, PipelineBackend
+from mlcd.ports import MetricProvider, ModelServing, PipelineBackend, TrafficRouter
 
 
 @dataclass
@@ -52,6 +52,8 @@ class Controller:
         secrets: Callable[[str], SecretResolver],
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
         metrics: OperatorMetrics | None = None,
+        router: TrafficRouter | None = None,
+        provider: MetricProvider | None = None,
     ) -> None:
         self.settings = settings
         self.ledger = Ledger(settings.max_active_runs)
@@ -67,6 +69,8 @@ class Controller:
             ledger=self.ledger,
             credentials=credentials,
             clock=clock,
+            router=router,
+            provider=provider,
         )
         self.executor = Executor(
             engines=engines,
@@ -76,6 +80,7 @@ class Controller:
             credentials=credentials,
             state_dir=settings.state_dir,
             metrics=metrics,
+            router=router,
         )
         self._outcomes: dict[str, tuple[Outcome, ...]] = {}
         self._lock = threading.Lock()
@@ -131,6 +136,10 @@ class Controller:
         if decision.cleaned_up:
             self.forget(body)
         return decision
+
+    def close(self) -> None:
+        """Stops what runs in this process for the pipelines (replayed traffic)."""
+        self.executor.close()
 
     def forget(self, body: Mapping[str, Any]) -> None:
         view = self.observer.view(body)

@@ -31,18 +31,36 @@ from mlcd.domain.intents import (
     Notice,
     Post,
     Promote,
+    Replay,
     Started,
     StopServing,
     Submit,
 )
 from mlcd.domain.lifecycle import MAX_ATTEMPTS
 from mlcd.domain.observations import Done, Outcome, PipelineView
-from mlcd.domain.records import RunRecord
+from mlcd.domain.records import ModelRef, RunRecord
 from mlcd.domain.redact import redact
+from mlcd.domain.rollout import (
+    DeployCandidate,
+    RecordAnalysis,
+    RemoveCandidate,
+    ServeStable,
+    SetMirror,
+    SetWeights,
+    needs_rollout,
+)
 from mlcd.domain.spec import ModelPipeline, StorageLocation
-from mlcd.errors import MlcdError, TemporaryError
+from mlcd.errors import MlcdError, PermanentError, TemporaryError
 from mlcd.metrics.operator import OperatorMetrics
-from mlcd.ports import ModelServing, PipelineBackend, PipelineKey, RunKey, RunRequest
+from mlcd.ports import (
+    ModelServing,
+    PipelineBackend,
+    PipelineKey,
+    RunKey,
+    RunRequest,
+    TrafficRouter,
+)
+from mlcd.serving.holdout import holdout_samples
 
 LOG = logging.getLogger("mlcd.operator")
 Post_ = Callable[[Notice], None]
@@ -83,6 +101,8 @@ class Executor:
     state_dir: pathlib.Path
     metrics: OperatorMetrics | None = None
     backoff: Backoff = field(default_factory=Backoff)
+    router: TrafficRouter | None = None
+    _replays: dict[PipelineKey, Any] = field(default_factory=dict)
 
     def engine(self, name: str) -> PipelineBackend:
         return self.engines.get(name) or self.engines[self.default_engine]
@@ -154,9 +174,118 @@ class Executor:
             self.credentials.forget(key, intent.run)
             return None
         if isinstance(intent, StopServing):
+            self._replay(key, view, pipeline, None)
             self.serving.stop(key)
+            if self.router is not None:
+                self.router.finalize(key)
             return Outcome(Done.STOP_SERVING, None, True)
-        raise TypeError(f"unknown intent {intent!r}")
+        if isinstance(intent, Replay):
+            self._replay(key, view, pipeline, intent.rate)
+            return None
+        if isinstance(intent, RecordAnalysis):
+            if self.metrics is not None:
+                self.metrics.analysed(key.namespace, key.name, intent)
+            return None
+        return self._rollout(key, view, pipeline, intent)
+
+    # -- rollouts ----------------------------------------------------------------------------
+
+    def routed(self, pipeline: ModelPipeline | None) -> bool:
+        """The pipeline's traffic goes through the router (its spec rolls models out)."""
+        return (
+            self.router is not None
+            and pipeline is not None
+            and needs_rollout(pipeline.spec.serving.rollout)
+        )
+
+    def _model(
+        self, view: PipelineView, pipeline: ModelPipeline, version: str
+    ) -> tuple[ModelRef, pathlib.Path]:
+        """A version of the pipeline's model from the repository: its ref and local folder."""
+        key = PipelineKey(view.namespace, view.name, view.uid)
+        model = pipeline.spec.serving.name
+        store = open_store(self.artifacts(view, pipeline), self.secrets(key.namespace))
+        meta = store.metadata(model, version)
+        if meta is None:
+            raise PermanentError(f"version {version} of {model} is not in the model repository")
+        ref = ModelRef(uri=store.uri(model, version), version=version, sha256=str(meta["sha256"]))
+        cache = self.state_dir / "serving" / key.namespace / key.folder / "versions"
+        return ref, store.fetch(model, version, cache)
+
+    def _rollout(
+        self,
+        key: PipelineKey,
+        view: PipelineView,
+        pipeline: ModelPipeline | None,
+        intent: Intent,
+    ) -> Outcome | None:
+        if pipeline is None:
+            return Outcome(Done.OTHER, None, False, False, "the spec is invalid")
+        router = self.router
+        if router is None:
+            raise PermanentError("no traffic router: the rollout cannot be carried out")
+        model = pipeline.spec.serving.name
+        if isinstance(intent, DeployCandidate):
+            ref, folder = self._model(view, pipeline, intent.version)
+            shadow = pipeline.spec.serving.rollout.shadow is not None
+            candidate = self.serving.serve(
+                key, model, ref, folder, role="candidate", port=0, shadow=shadow
+            )
+            router.reconcile(key, self._stable_url(key), candidate)
+        elif isinstance(intent, SetWeights):
+            router.set_weights(key, intent.canary)
+        elif isinstance(intent, SetMirror):
+            router.set_mirror(key, intent.on)
+        elif isinstance(intent, ServeStable):
+            served = self.serving.status(key, model).ref
+            if served is None or served.version != intent.version:
+                ref, folder = self._model(view, pipeline, intent.version)
+                self.serving.serve(key, model, ref, folder, port=0)
+            routes = router.routes(key)
+            attached = self.serving.url(key, "candidate") if routes and routes.candidate else None
+            router.reconcile(key, self._stable_url(key), attached)
+        elif isinstance(intent, RemoveCandidate):
+            router.reconcile(key, self._stable_url(key), None)
+            self.serving.stop(key, "candidate")
+        else:
+            raise TypeError(f"unknown intent {intent!r}")
+        return None
+
+    def _stable_url(self, key: PipelineKey) -> str:
+        url = self.serving.url(key)
+        if url is None:
+            raise TemporaryError(f"{key}: the stable model server does not answer", delay=2.0)
+        return url
+
+    def _replay(
+        self,
+        key: PipelineKey,
+        view: PipelineView,
+        pipeline: ModelPipeline | None,
+        rate: float | None,
+    ) -> None:
+        """Starts (``rate``) or stops (None) replaying the holdout at the serving endpoint."""
+        running = self._replays.pop(key, None)
+        if running is not None:
+            running.stop()
+        if rate is None or pipeline is None or self.router is None:
+            return
+        url = self.router.url(key) if hasattr(self.router, "url") else None
+        if url is None:
+            return
+        from mlcd.serving.router.replay import Replay as Replayer
+
+        samples = holdout_samples(pipeline, self.secrets(key.namespace), self.state_dir)
+        self._replays[key] = Replayer(url, pipeline.spec.serving.name, samples, rate).start()
+
+    def replaying(self, key: PipelineKey) -> bool:
+        return key in self._replays
+
+    def close(self) -> None:
+        """Stops replayed traffic (the process is going away)."""
+        for replay in self._replays.values():
+            replay.stop()
+        self._replays.clear()
 
     def artifacts(self, view: PipelineView, pipeline: ModelPipeline | None) -> StorageLocation:
         if pipeline is not None and pipeline.spec.artifacts is not None:
@@ -220,7 +349,14 @@ class Executor:
             store = open_store(self.artifacts(view, pipeline), self.secrets(key.namespace))
             cache = self.state_dir / "serving" / key.namespace / key.folder / "versions"
             model_dir = store.fetch(model, intent.model.version, cache)
-            self.serving.serve(key, model, intent.model, model_dir)
+            if self.routed(pipeline):
+                # Behind the router from the first model on: its address is the one clients
+                # keep through every rollout.
+                assert self.router is not None
+                url = self.serving.serve(key, model, intent.model, model_dir, port=0)
+                self.router.reconcile(key, url, None)
+            else:
+                self.serving.serve(key, model, intent.model, model_dir)
         except (MlcdError, OSError, httpx.HTTPError) as exc:
             outcome = _failed(intent, exc)
             if outcome.temporary:

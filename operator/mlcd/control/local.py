@@ -13,9 +13,11 @@ import contextlib
 import datetime as dt
 import fcntl
 import json
+import os
 import pathlib
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import Any
@@ -23,13 +25,17 @@ from typing import Any
 from mlcd.artifacts.credentials import directory_secrets
 from mlcd.control.controller import Controller, ControllerSettings
 from mlcd.domain.records import RunRecord
+from mlcd.domain.rollout import RolloutState
 from mlcd.domain.spec import ModelPipeline
 from mlcd.domain.status import ModelPipelineStatus, RunSummary
 from mlcd.domain.triggers import trigger_run_id
 from mlcd.engines.local import LocalEngine
-from mlcd.errors import MlcdError
-from mlcd.ports import PipelineKey, RunKey
+from mlcd.errors import MlcdError, PermanentError
+from mlcd.metrics.embedded import EmbeddedPrometheus, EmbeddedProvider
+from mlcd.metrics.prometheus import PrometheusProvider
+from mlcd.ports import MetricProvider, PipelineKey, RunKey
 from mlcd.serving.local import LocalServing
+from mlcd.serving.router.haproxy import LocalRouter, haproxy_binary
 from mlcd.settings import LocalSettings
 
 #: Seconds between passes while a run is in progress.
@@ -124,15 +130,43 @@ class Interrupts:
         return self.flag.is_set()
 
 
+def local_router(home: pathlib.Path, port: int, targets: pathlib.Path | None) -> LocalRouter | None:
+    """HAProxy as the router when it is installed; without it, rollouts are refused (with
+    the reason) and models are served at once as before."""
+    try:
+        haproxy_binary()
+    except PermanentError:
+        return None
+    return LocalRouter(home, port=port, targets_dir=targets)
+
+
+def local_provider(
+    home: pathlib.Path, url: str | None
+) -> tuple[MetricProvider, pathlib.Path | None]:
+    """``url``'s Prometheus (``MLCD_PROMETHEUS_URL``), else the embedded one, started on
+    first need; and the folder its file discovery reads (None for yours: configure it with
+    ``MLCD_PROMETHEUS_TARGETS``)."""
+    if url:
+        targets = os.environ.get("MLCD_PROMETHEUS_TARGETS")
+        return PrometheusProvider(url), pathlib.Path(targets) if targets else None
+    embedded = EmbeddedPrometheus(home)
+    return EmbeddedProvider(embedded), embedded.targets_dir
+
+
 class LocalLoop:
     def __init__(self, settings: LocalSettings) -> None:
         self.settings = settings
         home = settings.home
         self.engine = LocalEngine(home)
         self.serving = LocalServing(
-            home, port=settings.serving_port, ready_timeout=settings.serving_ready_timeout
+            home,
+            port=settings.serving_port,
+            ready_timeout=settings.serving_ready_timeout,
+            candidate_env=settings.candidate_env,
         )
         self.statuses = StatusFile(home)
+        self.provider, targets = local_provider(home, settings.prometheus_url)
+        self.router = local_router(home, settings.serving_port, targets)
         self.controller = Controller(
             ControllerSettings(
                 state_dir=home,
@@ -142,7 +176,42 @@ class LocalLoop:
             engines={"local": self.engine},
             serving=self.serving,
             secrets=lambda namespace: directory_secrets(),
+            router=self.router,
+            provider=self.provider,
         )
+
+    # -- manual controls of a rollout --------------------------------------------------------
+
+    def controls_file(self, namespace: str, name: str) -> pathlib.Path:
+        return self.statuses.folder(namespace, name) / "controls.json"
+
+    def controls(self, namespace: str, name: str) -> dict[str, Any]:
+        try:
+            data: dict[str, Any] = json.loads(self.controls_file(namespace, name).read_text())
+        except (OSError, ValueError):
+            return {}
+        return data
+
+    def set_controls(self, namespace: str, name: str, **changes: Any) -> None:
+        """``mlcd promote|abort|pause|resume|rollback`` on this machine: the same fields a
+        cluster user sets in ``spec.serving.rollout``, kept beside the pipeline's status."""
+        data = {**self.controls(namespace, name), **changes}
+        data = {k: v for k, v in data.items() if v not in (None, False)}
+        path = self.controls_file(namespace, name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(".controls.json.tmp")
+        tmp.write_text(json.dumps(data))
+        tmp.replace(path)
+
+    def with_controls(self, resource: dict[str, Any]) -> dict[str, Any]:
+        meta = resource["metadata"]
+        controls = self.controls(meta.get("namespace", "default"), meta["name"])
+        if not controls:
+            return resource
+        out: dict[str, Any] = json.loads(json.dumps(resource))
+        rollout = out["spec"].setdefault("serving", {}).setdefault("rollout", {})
+        rollout.update(controls)
+        return out
 
     @staticmethod
     def key(pipeline: ModelPipeline) -> PipelineKey:
@@ -171,10 +240,15 @@ class LocalLoop:
         on_event: Callable[[dict[str, Any]], None] | None = None,
         on_start: Callable[[str], None] | None = None,
         interrupts: Interrupts | None = None,
+        on_rollout: Callable[[RolloutState], None] | None = None,
     ) -> RunSummary | None:
         """Runs the loop once, on demand, until the run it starts is over; returns its summary
         (None when interrupted before it started). The caller holds :meth:`exclusive`."""
         interrupts = interrupts or Interrupts()
+        # Kept for `mlcd promote|abort|pause|resume|rollback`, which drive the pipeline later.
+        folder = self.statuses.folder(pipeline.namespace, pipeline.name)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "resource.json").write_text(json.dumps(resource, indent=2))
         trigger = now().isoformat(timespec="microseconds")
         run_id = trigger_run_id(pipeline.name, "manual", trigger)
         key = self.key(pipeline)
@@ -183,6 +257,7 @@ class LocalLoop:
         offsets: dict[int, int] = {}
         announced = False
         while True:
+            body = {**self.with_controls(resource), "metadata": metadata}
             body["status"] = self.status(pipeline).model_dump(by_alias=True, exclude_none=True)
             decision = self.controller.reconcile(
                 body, trigger=trigger, scheduling=False, interrupted=interrupts.set
@@ -196,6 +271,9 @@ class LocalLoop:
             if active is not None or done is not None:
                 attempt = active.attempt if active is not None else done.attempt  # type: ignore[union-attr]
                 self._follow(RunKey(key, run_id, attempt), offsets, on_event, pipeline)
+            rollout = decision.status.rollout
+            if on_rollout is not None and rollout is not None and rollout.run == run_id:
+                on_rollout(rollout)
             if done is not None:
                 if done.result != "promoted":
                     self.serving.abandon(key)
@@ -206,6 +284,36 @@ class LocalLoop:
                 if decision.status.handled_trigger == trigger:
                     raise MlcdError(f"run {run_id} did not start")
             interrupts.wait(PASS_INTERVAL)
+
+    def drive(
+        self,
+        pipeline: ModelPipeline,
+        resource: dict[str, Any],
+        done: Callable[[ModelPipelineStatus], bool],
+        timeout: float,
+        interrupts: Interrupts | None = None,
+    ) -> ModelPipelineStatus:
+        """Passes with no new run, until ``done(status)`` (a manual control took effect) or
+        ``timeout`` seconds; the caller holds :meth:`exclusive`."""
+        interrupts = interrupts or Interrupts()
+        metadata = {"name": pipeline.name, "namespace": pipeline.namespace}
+        deadline = time.monotonic() + timeout
+        while True:
+            status = self.status(pipeline)
+            body = {**self.with_controls(resource), "metadata": metadata}
+            body["status"] = status.model_dump(by_alias=True, exclude_none=True)
+            decision = self.controller.reconcile(
+                body, trigger=status.handled_trigger, scheduling=False
+            )
+            self.statuses.save(pipeline.namespace, pipeline.name, decision.status)
+            if done(decision.status):
+                return decision.status
+            if time.monotonic() > deadline or interrupts.set:
+                raise MlcdError(f"not done after {timeout:.0f}s: {decision.status.phase}")
+            interrupts.wait(PASS_INTERVAL)
+
+    def close(self) -> None:
+        self.controller.close()
 
     def _follow(
         self,

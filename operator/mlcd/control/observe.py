@@ -9,6 +9,7 @@ spec per generation.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import datetime as dt
 import logging
 import os
@@ -18,25 +19,48 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from mlcd.artifacts import open_dataset
+from mlcd.artifacts import open_dataset, open_store
 from mlcd.artifacts.credentials import SecretResolver
 from mlcd.control.credentials import Credentials
 from mlcd.control.ledger import Ledger
 from mlcd.domain.checks import parse_pipeline
 from mlcd.domain.observations import (
     DatasetView,
+    DegradationSample,
     Observations,
     Outcome,
     PipelineView,
+    RolloutView,
     RunView,
 )
-from mlcd.domain.records import RunRecord
+from mlcd.domain.records import RunRecord, ServingRecord
 from mlcd.domain.redact import redact
-from mlcd.domain.spec import TRIGGER_ANNOTATION, ModelPipeline, duration_seconds
+from mlcd.domain.rollout import (
+    QueryResult,
+    RouterView,
+    analysis_due,
+    analysis_queries,
+    degradation_query,
+    needs_rollout,
+)
+from mlcd.domain.spec import (
+    TRIGGER_ANNOTATION,
+    ModelPipeline,
+    StorageLocation,
+    duration_seconds,
+)
 from mlcd.domain.status import ModelPipelineStatus
 from mlcd.domain.triggers import parse_time
 from mlcd.errors import MlcdError, PermanentError, SpecError, TemporaryError
-from mlcd.ports import ModelServing, PipelineBackend, PipelineKey, RunKey
+from mlcd.ports import (
+    MetricProvider,
+    ModelServing,
+    PipelineBackend,
+    PipelineKey,
+    RunKey,
+    TrafficRouter,
+    no_targets,
+)
 
 LOG = logging.getLogger("mlcd.operator")
 #: How long a parsed spec and the operator's checks of it (its Secrets) are trusted.
@@ -88,7 +112,13 @@ class Observer:
     ledger: Ledger
     credentials: Credentials
     clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)
+    #: Splits traffic between stable and candidate during a rollout (None: none here).
+    router: TrafficRouter | None = None
+    #: Prometheus, for rollout analyses and the degradation trigger (None: none here).
+    provider: MetricProvider | None = None
     _parsed: dict[str, _Parsed] = field(default_factory=dict)
+    _degradation: dict[str, float] = field(default_factory=dict)
+    _older: dict[tuple[str, str], ServingRecord] = field(default_factory=dict)
     _polled: dict[str, tuple[float, DatasetView]] = field(default_factory=dict)
     _gates: dict[RunKey, Any] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -185,6 +215,23 @@ class Observer:
         uri = pipeline.spec.dataset.uri
         if "://" not in uri and not os.path.isabs(uri):
             return f"spec.dataset.uri: {uri!r} must be s3://bucket/key or an absolute path", ()
+        rollout = pipeline.spec.serving.rollout
+        if needs_rollout(rollout) and self.router is None:
+            return (
+                "spec.serving.rollout: a progressive rollout needs a traffic router, and this "
+                "operator has none (HAProxy for local serving: install it, see docs/rollout.md)"
+            ), ()
+        if needs_rollout(rollout) and self.provider is None:
+            return (
+                "spec.serving.rollout: a progressive rollout is analysed by Prometheus, and "
+                "this operator has none (set MLCD_PROMETHEUS_URL, or install Prometheus for "
+                "the embedded one, see docs/rollout.md)"
+            ), ()
+        if pipeline.spec.triggers.on_degradation is not None and self.provider is None:
+            return (
+                "spec.triggers.onDegradation: the condition is evaluated by Prometheus, and "
+                "this operator has none (set MLCD_PROMETHEUS_URL)"
+            ), ()
         return None, tuple(values)
 
     def pipeline(self, view: PipelineView) -> ModelPipeline | None:
@@ -242,14 +289,19 @@ class Observer:
         promoting = any(r.stage == "serve" for r in status.active_runs)
         if (status.serving is not None or promoting) and model:
             serving = self.serving.status(pipeline, model)
+            public = self.router.url(pipeline) if self.router is not None else None
+            if public is not None:
+                # Behind the router, clients use its address (the same through every rollout).
+                serving = dataclasses.replace(serving, url=public)
         live: list[str] = []
         serving_running = False
         if view.deleting:
             for name in {r.engine for r in status.active_runs} | {view.engine}:
                 live.extend(self.engine(name).live(pipeline))
             serving_running = self.serving.running(pipeline)
+        now = self.clock()
         return Observations(
-            now=self.clock(),
+            now=now,
             pipeline=view,
             runs=runs,
             serving=serving,
@@ -261,7 +313,112 @@ class Observer:
             credentials=self.credentials.runs(pipeline),
             serving_running=serving_running,
             interrupted=interrupted,
+            rollout=self._rollout(view, status, now),
+            older=self._older_model(view, status),
+            degradation=self._degradation_sample(view, status),
         )
+
+    # -- rollouts ---------------------------------------------------------------------------
+
+    def _rollout(
+        self, view: PipelineView, status: ModelPipelineStatus, now: dt.datetime
+    ) -> RolloutView | None:
+        """What the router, the servers and (when an analysis is due) Prometheus say."""
+        spec = view.spec
+        if spec is None or status.serving is None or view.deleting:
+            return None
+        rollout = spec.serving.rollout
+        if status.rollout is None and rollout.rollback_to is None:
+            return None
+        key = key_of(view)
+        model = spec.serving.name
+        stable = self.serving.status(key, model)
+        candidate = self.serving.status(key, model, role="candidate")
+        router = self.router
+        routes = router.routes(key) if router is not None else None
+        state = RouterView(
+            canary_weight=routes.canary_weight if routes is not None else None,
+            mirror=routes.mirror if routes is not None else False,
+            candidate_ready=router.candidate_ready(key) if router is not None else False,
+            candidate_version=candidate.ref.version
+            if candidate.ready and candidate.ref is not None
+            else None,
+            stable_version=stable.ref.version if stable.ready and stable.ref is not None else None,
+        )
+        targets = router.targets(key) if router is not None else no_targets(key)
+        results: dict[str, QueryResult] | None = None
+        online = True
+        provider = self.provider
+        if (
+            status.rollout is not None
+            and provider is not None
+            and analysis_due(status.rollout, rollout, now)
+        ):
+            online = provider.is_online()
+            if online:
+                results = {}
+                for planned in analysis_queries(status.rollout, rollout, targets):
+                    try:
+                        results[planned.query] = QueryResult(provider.query(planned.query))
+                    except TemporaryError:
+                        online, results = False, None
+                        break
+                    except MlcdError as exc:
+                        results[planned.query] = QueryResult(error=str(exc))
+        return RolloutView(state, targets, results, online)
+
+    def _older_model(self, view: PipelineView, status: ModelPipelineStatus) -> ServingRecord | None:
+        """The model ``rollbackTo`` names, from the repository (its sha256 and metrics)."""
+        spec = view.spec
+        if spec is None or spec.serving.rollout.rollback_to is None or view.deleting:
+            return None
+        version = spec.serving.rollout.rollback_to
+        cache = (view.uid or f"{view.namespace}/{view.name}", version)
+        if cache in self._older:
+            return self._older[cache]
+        location = spec.artifacts or StorageLocation(uri=view.default_artifacts)
+        model = spec.serving.name
+        try:
+            store = open_store(location, self.secrets(view.namespace))
+            meta = store.metadata(model, version)
+        except MlcdError as exc:
+            LOG.warning("%s: cannot read version %s of %s: %s", key_of(view), version, model, exc)
+            return None
+        if meta is None:
+            return None
+        record = ServingRecord(
+            model=model,
+            version=version,
+            uri=store.uri(model, version),
+            sha256=str(meta["sha256"]),
+            run=meta.get("runId") or meta.get("run"),
+            metrics={k: float(v) for k, v in (meta.get("metrics") or {}).items()},
+        )
+        self._older[cache] = record
+        return record
+
+    def _degradation_sample(
+        self, view: PipelineView, status: ModelPipelineStatus
+    ) -> DegradationSample | None:
+        """``triggers.onDegradation``'s condition, every ``interval``, on the serving model."""
+        spec = view.spec
+        trigger = spec.triggers.on_degradation if spec is not None else None
+        provider = self.provider
+        if trigger is None or provider is None or status.serving is None or view.deleting:
+            return None
+        ident = view.uid or f"{view.namespace}/{view.name}"
+        now = time.monotonic()
+        last = self._degradation.get(ident)
+        if last is not None and now - last < duration_seconds(trigger.interval):
+            return None
+        self._degradation[ident] = now
+        key = key_of(view)
+        targets = self.router.targets(key) if self.router is not None else no_targets(key)
+        try:
+            value = provider.query(degradation_query(trigger, targets))
+        except MlcdError:
+            return DegradationSample(None)
+        return DegradationSample(value is not None)
 
     def _gate(self, engine: PipelineBackend, key: RunKey) -> Any:
         """The gate the run was judged with, from the resource it runs with (cached)."""

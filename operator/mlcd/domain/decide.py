@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from mlcd.domain import conditions, triggers
+from mlcd.domain import conditions, delivery, triggers
 from mlcd.domain.intents import (
     Cancel,
     Finished,
@@ -22,7 +22,6 @@ from mlcd.domain.intents import (
     Intent,
     Notice,
     Post,
-    Promote,
     Started,
     StopServing,
     Submit,
@@ -39,6 +38,7 @@ from mlcd.domain.lifecycle import (
 )
 from mlcd.domain.observations import Observations
 from mlcd.domain.records import FinalResult, ServingRecord
+from mlcd.domain.rollout import TERMINAL, RolloutState
 from mlcd.domain.status import (
     Condition,
     ConditionType,
@@ -110,9 +110,10 @@ def _runs(
     active: list[CurrentRun] = []
     history = list(status.runs)
     serving = status.serving
+    rollout = status.rollout
     for run in status.active_runs:
         view = seen.runs.get(run.id)
-        what, reason = classify(run, view, seen, serving, cancel)
+        what, reason = classify(run, view, seen, serving, cancel, rollout)
         nxt, acts = row(state_of(run), what)
         record = view.record if view is not None else None
         updated = run.model_copy(
@@ -132,9 +133,19 @@ def _runs(
         if Act.SUBMIT in acts:
             out.append(Submit(updated, serving))
         if Act.PROMOTE in acts and record is not None and record.model is not None:
-            out.append(Promote(updated, record.model, dict(record.metrics)))
+            started, produced = delivery.begin(
+                seen, updated, record.model, dict(record.metrics), serving
+            )
+            rollout = started or rollout
+            out.extend(produced)
+        if Act.ROLL in acts and rollout is not None:
+            rollout, produced = delivery.step(rollout, seen)
+            out.extend(produced)
         if Act.CANCEL in acts:
             out.append(Cancel(run, reason or "cancelled"))
+            if rollout is not None and rollout.run == run.id and not _ended(rollout):
+                rollout, produced = delivery.step(rollout, seen, abort=True)
+                out.extend(produced)
         if Act.HOLD in acts and reason != run.message:
             out.append(Post(Notice("Warning", EVENT_REASONS[what], f"run {run.id}: {reason}")))
         if Act.WARN in acts or Act.NOTE in acts:
@@ -160,7 +171,26 @@ def _runs(
         else:
             active.append(updated)
     return status.model_copy(
-        update={"active_runs": active, "runs": history[-limit:], "serving": serving}
+        update={
+            "active_runs": active,
+            "runs": history[-limit:],
+            "serving": serving,
+            "rollout": rollout,
+        }
+    )
+
+
+def _ended(rollout: RolloutState) -> bool:
+    return rollout.phase in {p.value for p in TERMINAL}
+
+
+def _rolling(status: ModelPipelineStatus) -> bool:
+    """A run of this pipeline is being rolled out now."""
+    rollout = status.rollout
+    return (
+        rollout is not None
+        and not _ended(rollout)
+        and any(r.id == rollout.run and r.stage == "serve" for r in status.active_runs)
     )
 
 
@@ -176,6 +206,8 @@ def _triggers(status: ModelPipelineStatus, seen: Observations, out: list[Intent]
     spec = p.spec
     assert spec is not None
     due = triggers.wanted(status, seen)
+    if due.degradation is not None and due.degradation != status.degradation:
+        status = status.model_copy(update={"degradation": due.degradation})
     waiting = None
     if due.missed is not None:
         status = status.model_copy(update={"last_schedule_time": triggers.iso(due.missed)})
@@ -283,6 +315,7 @@ def decide(status: ModelPipelineStatus, seen: Observations) -> Decision:
     p = seen.pipeline
     previous = {c.type: c for c in status.conditions}
     out: list[Intent] = []
+    before = status.rollout
     status = _runs(status, seen, out)
     blockers = conditions.Blockers(
         problem=p.problem,
@@ -298,6 +331,11 @@ def decide(status: ModelPipelineStatus, seen: Observations) -> Decision:
         blockers = conditions.Blockers(
             problem=p.problem, dataset=blockers.dataset, waiting=starts.waiting
         )
+    # What was observed is from before this pass's rollout step: a rollout that changed now
+    # is settled from the next pass's observations.
+    if not _rolling(status) and status.rollout == before and not p.deleting:
+        status, produced = delivery.settle(status, seen)
+        out.extend(produced)
     # Credential files live only as long as their run.
     active = {r.id for r in status.active_runs}
     for run in seen.credentials:

@@ -7,6 +7,14 @@ from dataclasses import dataclass
 from typing import Literal
 
 from mlcd.domain.records import ModelRef, ServingRecord
+from mlcd.domain.rollout import (
+    DeployCandidate,
+    RecordAnalysis,
+    RemoveCandidate,
+    ServeStable,
+    SetMirror,
+    SetWeights,
+)
 from mlcd.domain.status import CurrentRun, RunSummary
 
 
@@ -77,4 +85,26 @@ class StopServing:
     """The pipeline is deleted: stop what serves it (artifacts stay)."""
 
 
-Intent = Post | Submit | Cancel | Promote | Finished | Started | ForgetCredentials | StopServing
+@dataclass(frozen=True)
+class Replay:
+    """Replay the holdout's samples against the serving endpoint while a rollout is analysed
+    (``spec.serving.rollout.traffic``), or stop (``rate`` None)."""
+
+    rate: float | None
+
+
+#: The rollout's own intents (:mod:`mlcd.domain.rollout`) are carried out by the same executor.
+RolloutIntent = DeployCandidate | SetWeights | SetMirror | ServeStable | RemoveCandidate
+Intent = (
+    Post
+    | Submit
+    | Cancel
+    | Promote
+    | Finished
+    | Started
+    | ForgetCredentials
+    | StopServing
+    | Replay
+    | RolloutIntent
+    | RecordAnalysis
+)

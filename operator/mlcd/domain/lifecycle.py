@@ -14,6 +14,7 @@ from typing import Literal
 from mlcd.domain.gate import judge
 from mlcd.domain.observations import Done, Observations, RunView
 from mlcd.domain.records import FinalResult, RunRecord, ServingRecord
+from mlcd.domain.rollout import RolloutState
 from mlcd.domain.spec import Baseline, Gate
 from mlcd.domain.status import CurrentRun
 
@@ -35,6 +36,10 @@ class Seen(StrEnum):
     LOST_AGAIN = "lost-again"  # lost, and the retry is used up
     SUBMIT_RETRY = "submit-retry"  # submitting it failed for now (engine unreachable)
     SUBMIT_FAILED = "submit-failed"  # the engine refused it for good
+    ROLLING = "rolling"  # its model is being rolled out step by step
+    ROLLED_OUT = "rolled-out"  # the rollout promoted it: it serves all traffic
+    ROLLED_BACK = "rolled-back"  # the rollout's analyses (or a person) refused it
+    ROLLOUT_FAILED = "rollout-failed"  # the rollout could not be carried out
     SERVED = "served"  # the serving target reports the run's model
     SERVE_RETRY = "serve-retry"  # serving it failed for now (store or server unreachable)
     SERVE_FAILED = "serve-failed"  # serving it failed for good; the old model still serves
@@ -42,7 +47,8 @@ class Seen(StrEnum):
 
 
 class Act(StrEnum):
-    PROMOTE = "promote"  # serve the run's model
+    PROMOTE = "promote"  # serve the run's model (at once, or start its rollout)
+    ROLL = "roll"  # one step of its rollout
     SUBMIT = "submit"  # submit the same attempt again (it never reached the engine)
     RESUBMIT = "resubmit"  # submit the same run id again, as its next attempt
     CANCEL = "cancel"  # stop it in the engine
@@ -79,6 +85,10 @@ RUN_TABLE: dict[tuple[ActiveState, Seen], Row] = {
     ("promoting", Seen.LOST): ("failed", (Act.FINISH, Act.WARN)),
     ("promoting", Seen.LOST_AGAIN): ("failed", (Act.FINISH, Act.WARN)),
     ("promoting", Seen.SERVED): ("promoted", (Act.SERVE, Act.FINISH, Act.NOTE)),
+    ("promoting", Seen.ROLLING): ("promoting", (Act.ROLL,)),
+    ("promoting", Seen.ROLLED_OUT): ("promoted", (Act.SERVE, Act.FINISH, Act.NOTE)),
+    ("promoting", Seen.ROLLED_BACK): ("rejected", (Act.FINISH, Act.WARN)),
+    ("promoting", Seen.ROLLOUT_FAILED): ("failed", (Act.FINISH, Act.WARN)),
     # A store or server outage is not the model's fault: serving it is tried again.
     ("promoting", Seen.SERVE_RETRY): ("promoting", (Act.PROMOTE, Act.HOLD)),
     ("promoting", Seen.SERVE_FAILED): ("exported", (Act.FINISH, Act.WARN)),
@@ -96,6 +106,10 @@ IMPOSSIBLE: dict[tuple[ActiveState, Seen], str] = {
     ("promoting", Seen.ENGINE_CANCELLED): "an exported run's record is final",
     ("promoting", Seen.SUBMIT_RETRY): "a promoting run was submitted long ago",
     ("promoting", Seen.SUBMIT_FAILED): "a promoting run was submitted long ago",
+    ("running", Seen.ROLLING): "a rollout starts with the run promoting, in one status write",
+    ("running", Seen.ROLLED_OUT): "a rollout starts with the run promoting",
+    ("running", Seen.ROLLED_BACK): "a rollout starts with the run promoting",
+    ("running", Seen.ROLLOUT_FAILED): "a rollout starts with the run promoting",
 }
 
 EVENT_REASONS: dict[Seen, str] = {
@@ -109,9 +123,21 @@ EVENT_REASONS: dict[Seen, str] = {
     Seen.SUBMIT_RETRY: "SubmitRetrying",
     Seen.SUBMIT_FAILED: "RunFailed",
     Seen.SERVED: "Promoted",
+    Seen.ROLLING: "RolloutProgressing",
+    Seen.ROLLED_OUT: "Promoted",
+    Seen.ROLLED_BACK: "RunRejected",
+    Seen.ROLLOUT_FAILED: "RunFailed",
     Seen.SERVE_RETRY: "PromotionRetrying",
     Seen.SERVE_FAILED: "PromotionFailed",
     Seen.CANCELLED: "RunCancelled",
+}
+
+
+#: How a rollout's end phase ends its run.
+ROLLOUT_ENDS: dict[str, Seen] = {
+    "Promoted": Seen.ROLLED_OUT,
+    "RolledBack": Seen.ROLLED_BACK,
+    "Failed": Seen.ROLLOUT_FAILED,
 }
 
 
@@ -167,6 +193,7 @@ def classify(
     seen: Observations,
     serving: ServingRecord | None,
     cancel: str | None,
+    rollout: RolloutState | None = None,
 ) -> tuple[Seen, str | None]:
     """The observations about one active run as the table's vocabulary, with a reason where
     the engine's record does not carry one. ``cancel`` says why the run must stop, if so."""
@@ -185,6 +212,16 @@ def classify(
         return Seen.LOST_AGAIN, "the run was lost twice (its process ended without a result)"
     model = record.model
     served = seen.serving.ref if seen.serving is not None else None
+    if rollout is not None and rollout.run == run.id and record.result == "exported":
+        ending = ROLLOUT_ENDS.get(rollout.phase)
+        reports = (
+            served is not None
+            and model is not None
+            and ((served.version, served.sha256) == (model.version, model.sha256))
+        )
+        if ending is Seen.ROLLED_OUT and not reports:
+            return Seen.ROLLING, None  # promoted, and not yet served by the stable server
+        return (ending, rollout.reason) if ending is not None else (Seen.ROLLING, None)
     if (
         record.result in ("exported", "promoted")
         and model is not None
@@ -228,8 +265,12 @@ def final_record(
     """The run's record as it ends: the engine's, with the loop's decision on top."""
     base = record or RunRecord(id=run.id, trigger=run.trigger, started_at=run.started_at)
     why = base.reason
-    if seen == Seen.SERVED:
+    if seen in (Seen.SERVED, Seen.ROLLED_OUT):
         why = base.gate.reason if base.gate else base.reason
+        if seen == Seen.ROLLED_OUT and reason:
+            why = f"{why}; rollout: {reason}" if why else f"rollout: {reason}"
+    elif seen in (Seen.ROLLED_BACK, Seen.ROLLOUT_FAILED):
+        why = f"rollout: {reason}"
     elif seen == Seen.SERVE_FAILED:
         why = f"serving: {reason}"
     elif reason is not None:
@@ -255,7 +296,7 @@ def final_record(
 
 
 def message(run: CurrentRun, seen: Seen, record: RunRecord | None, reason: str | None) -> str:
-    if seen == Seen.SERVED and record is not None and record.model is not None:
+    if seen in (Seen.SERVED, Seen.ROLLED_OUT) and record is not None and record.model is not None:
         gate = record.gate.reason if record.gate else ""
         return f"run {run.id}: version {record.model.version} now serving; {gate}".strip("; ")
     if seen == Seen.LOST:

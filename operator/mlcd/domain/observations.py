@@ -12,7 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from mlcd.domain.records import ModelRef, RunRecord
+from mlcd.domain.records import ModelRef, RunRecord, ServingRecord
+from mlcd.domain.rollout import QueryResult, RouterView, Targets
 from mlcd.domain.spec import Gate, ModelPipelineSpec
 
 
@@ -76,6 +77,26 @@ class DatasetView:
     error: str | None = None
 
 
+@dataclass(frozen=True)
+class RolloutView:
+    """What the router, the model servers and Prometheus report for the rollout this pass."""
+
+    router: RouterView
+    targets: Targets
+    #: This interval's query results, when an analysis was due; None: none ran.
+    results: Mapping[str, QueryResult] | None = None
+    #: False: Prometheus did not answer when an analysis was due.
+    prometheus_online: bool = True
+
+
+@dataclass(frozen=True)
+class DegradationSample:
+    """The degradation trigger's condition, evaluated this pass: it holds, it does not, or it
+    could not be evaluated (None: no evidence either way)."""
+
+    holds: bool | None
+
+
 class Done(StrEnum):
     """Kinds of intents whose outcome the next pass needs to know."""
 
@@ -121,3 +142,9 @@ class Observations:
     serving_running: bool = False
     #: Ctrl-C on one machine: stop what runs.
     interrupted: bool = False
+    #: The router's and Prometheus' view, when a rollout is recorded (or rollbackTo is set).
+    rollout: RolloutView | None = None
+    #: The model of ``spec.serving.rollout.rollbackTo``, from the repository, when it is set.
+    older: ServingRecord | None = None
+    #: The degradation trigger's condition, when it was evaluated this pass.
+    degradation: DegradationSample | None = None

@@ -20,6 +20,7 @@ from mlcd.domain.records import (
     ServingRecord,
     Stage,
 )
+from mlcd.domain.rollout import DegradationWatch, RolloutState
 from mlcd.domain.spec import Model
 
 Phase = Literal["Pending", "Running", "Ready", "Failed", "Invalid", "Suspended", "Deleting"]
@@ -216,6 +217,13 @@ class ModelPipelineStatus(Model):
         default_factory=list, description="The last historyLimit runs, oldest first."
     )
     serving: ServingRecord | None = Field(default=None, description="The model now serving.")
+    rollout: RolloutState | None = Field(
+        default=None,
+        description="The last progressive rollout: its phase, step, weights, every analysis.",
+    )
+    degradation: DegradationWatch | None = Field(
+        default=None, description="What the degradation trigger remembers between looks."
+    )
     last_metric: str | None = Field(
         default=None, description="The gate metric of the last finished run, e.g. accuracy=0.977."
     )

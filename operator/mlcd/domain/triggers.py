@@ -10,10 +10,11 @@ from typing import Any, Literal
 
 from mlcd.domain import schedule
 from mlcd.domain.observations import Observations
+from mlcd.domain.rollout import DegradationWatch, watch_degradation
 from mlcd.domain.status import ModelPipelineStatus
 from mlcd.domain.versions import run_id
 
-TriggerKind = Literal["schedule", "new-data", "manual"]
+TriggerKind = Literal["schedule", "new-data", "manual", "degradation"]
 Policy = Literal["Allow", "Forbid", "Replace"]
 Outcome = Literal["start", "skip", "defer", "replace"]
 Final = Literal["start", "skip", "defer", "replace", "wait"]
@@ -47,6 +48,14 @@ TRIGGER_TABLE: dict[tuple[TriggerKind, bool, Policy], Outcome] = {
     ("manual", True, "Allow"): "start",
     ("manual", True, "Forbid"): "defer",
     ("manual", True, "Replace"): "replace",
+    # The serving model degraded: one run at a time, whatever the policy (the trigger does not
+    # fire while a run is active; were it due then, it is not kept).
+    ("degradation", False, "Allow"): "start",
+    ("degradation", False, "Forbid"): "start",
+    ("degradation", False, "Replace"): "start",
+    ("degradation", True, "Allow"): "skip",
+    ("degradation", True, "Forbid"): "skip",
+    ("degradation", True, "Replace"): "skip",
 }
 
 #: (outcome, the operator has room for it) -> what is done. Replacing frees the slots of the
@@ -97,6 +106,8 @@ class Triggers:
     wanted: list[Wanted]
     #: A scheduled time past its deadline: consumed, announced, nothing starts.
     missed: dt.datetime | None = None
+    #: What the degradation trigger remembers after this look (None: not looked at).
+    degradation: DegradationWatch | None = None
 
 
 def wanted(status: ModelPipelineStatus, seen: Observations) -> Triggers:
@@ -128,7 +139,21 @@ def wanted(status: ModelPipelineStatus, seen: Observations) -> Triggers:
             assert due.time is not None
             run = trigger_run_id(pipeline.name, "schedule", due.time)
             out.append(Wanted("schedule", run, {"last_schedule_time": iso(due.time)}))
-    return Triggers(out, missed)
+    watch = None
+    trigger = spec.triggers.on_degradation
+    if clocked and trigger is not None and seen.degradation is not None:
+        watch, fire = watch_degradation(
+            status.degradation or DegradationWatch(),
+            trigger,
+            seen.degradation.holds,
+            bool(status.active_runs),
+            seen.now,
+        )
+        if fire:
+            out.append(
+                Wanted("degradation", trigger_run_id(pipeline.name, "degradation", seen.now))
+            )
+    return Triggers(out, missed, watch)
 
 
 def outcome(kind: TriggerKind, active: bool, policy: Policy, room: bool) -> Final:

@@ -17,5 +17,5 @@ def next_version(existing: Iterable[str]) -> str:
 
 def run_id(pipeline: str, trigger: str, at: datetime) -> str:
     """The same trigger at the same moment always names the same run."""
-    kind = {"manual": "m", "schedule": "s", "new-data": "d"}.get(trigger, "x")
+    kind = {"manual": "m", "schedule": "s", "new-data": "d", "degradation": "g"}.get(trigger, "x")
     return f"{pipeline}-{kind}{at:%Y%m%d%H%M%S}"

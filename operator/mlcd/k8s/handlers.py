@@ -140,6 +140,10 @@ def register(registry: kopf.OperatorRegistry, tick: float) -> None:
         except TemporaryError as exc:
             raise kopf.TemporaryError(f"counting the runs in progress: {exc}", delay=2) from exc
 
+    @kopf.on.cleanup(registry=registry)
+    def stop_replays(memo: Any, **_: Any) -> None:
+        memo.controller.close()  # replayed traffic is this process' own
+
     @kopf.on.event(*resource, id="reconcile-on-change", registry=registry)
     def on_event(body: kopf.Body, type: str | None, memo: Any, logger: Log, **_: Any) -> None:
         # Every change (created, spec edited, annotated, status written) gets a look at once.

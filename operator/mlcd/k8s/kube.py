@@ -169,6 +169,21 @@ class Kube:
             raise _temporary(response, what)
         return str(response.json()["metadata"]["resourceVersion"])
 
+    def patch_spec(self, namespace: str, name: str, spec: Mapping[str, Any]) -> None:
+        """A merge patch of the spec, as ``kubectl patch --type merge`` does it."""
+        what = f"patching {namespace}/{name}"
+        response = self._request(
+            "PATCH",
+            self._path(namespace, name),
+            what,
+            json={"spec": spec},
+            headers=MERGE_PATCH,
+        )
+        if response.status_code == 404:
+            raise PermanentError(f"modelpipeline {namespace}/{name} not found")
+        if response.is_error:
+            raise _temporary(response, what)
+
     def trigger(self, namespace: str, name: str) -> str:
         """Asks the operator for a run now; returns the trigger's value."""
         value = dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")

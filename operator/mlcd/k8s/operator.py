@@ -12,6 +12,7 @@ from typing import Any
 import kopf
 
 from mlcd.control.controller import Controller, ControllerSettings
+from mlcd.control.local import local_provider, local_router
 from mlcd.engines.kubeflow import KubeflowEngine, KubeflowSettings
 from mlcd.engines.local import LocalEngine
 from mlcd.k8s.handlers import Memo, register
@@ -50,6 +51,9 @@ def build_memo(
     state = settings.state_dir
     state.mkdir(parents=True, exist_ok=True)
     metrics = OperatorMetrics()
+    provider, targets = local_provider(state, settings.prometheus_url)
+    targets = settings.prometheus_targets or targets
+    faults = {"MLCD_SERVING_FAULTS": settings.candidate_faults} if settings.candidate_faults else {}
     controller = Controller(
         ControllerSettings(
             state_dir=state,
@@ -57,12 +61,14 @@ def build_memo(
             max_active_runs=settings.max_active_runs,
         ),
         engines=engines or default_engines(settings, kube),
-        serving=LocalServing(state, port=0),
+        serving=LocalServing(state, port=0, candidate_env=faults),
         secrets=kube.secrets,
         clock=file_clock(settings.clock_file)
         if settings.clock_file
         else (lambda: dt.datetime.now(dt.UTC)),
         metrics=metrics,
+        router=local_router(state, 0, targets),
+        provider=provider,
     )
     return Memo(
         controller=controller, kube=kube, metrics=metrics, namespaces=list(settings.namespaces)

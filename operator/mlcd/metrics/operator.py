@@ -8,7 +8,10 @@ from typing import get_args
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from mlcd.domain.records import RunRecord, RunResult
+from mlcd.domain.rollout import Phase, RecordAnalysis
 from mlcd.domain.status import ModelPipelineStatus
+
+PHASES = tuple(p.value for p in Phase)
 
 _STAGE_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 3600, 7200)
 # Series exist at 0 before their first event, so rate() and increase() see the first one.
@@ -93,6 +96,36 @@ class OperatorMetrics:
             ["namespace", "pipeline"],
             registry=r,
         )
+        self.rollout_phase = Gauge(
+            "mlcd_rollout_phase",
+            "1 for the phase the pipeline's last rollout is in, 0 for the others.",
+            ["namespace", "pipeline", "phase"],
+            registry=r,
+        )
+        self.rollout_weight = Gauge(
+            "mlcd_rollout_canary_weight",
+            "Percent of traffic the rollout's candidate receives now.",
+            ["namespace", "pipeline"],
+            registry=r,
+        )
+        self.rollout_failed_checks = Gauge(
+            "mlcd_rollout_failed_checks",
+            "Failed analyses the rollout has counted.",
+            ["namespace", "pipeline"],
+            registry=r,
+        )
+        self.analyses = Counter(
+            "mlcd_rollout_analyses_total",
+            "Rollout analyses, by metric and verdict (pass, fail, inconclusive).",
+            ["namespace", "pipeline", "metric", "verdict"],
+            registry=r,
+        )
+        self.decisions = Histogram(
+            "mlcd_rollout_decision_seconds",
+            "From the start of an analysis (its queries) to its decision carried out.",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=r,
+        )
         self.reconciles = Histogram(
             "mlcd_reconcile_duration_seconds",
             "How long one reconcile took.",
@@ -136,12 +169,28 @@ class OperatorMetrics:
         ]
         if promoted:
             self.last_success.labels(namespace, pipeline).set(max(promoted))
+        rollout = status.rollout
+        if rollout is not None:
+            for phase in PHASES:
+                self.rollout_phase.labels(namespace, pipeline, phase).set(
+                    1.0 if phase == rollout.phase else 0.0
+                )
+            self.rollout_weight.labels(namespace, pipeline).set(rollout.canary_weight)
+            self.rollout_failed_checks.labels(namespace, pipeline).set(rollout.failed_checks)
         for gauge, text in (
             (self.last_schedule, status.last_schedule_time),
             (self.next_schedule, status.next_schedule_time),
         ):
             if (when := _timestamp(text)) is not None:
                 gauge.labels(namespace, pipeline).set(when)
+
+    def analysed(self, namespace: str, pipeline: str, record: RecordAnalysis) -> None:
+        """One analysis carried out: its verdicts by metric, and how long deciding took."""
+        for result in record.analysis.results:
+            self.analyses.labels(namespace, pipeline, result.metric, result.verdict).inc()
+        began = _timestamp(record.analysis.at)
+        if began is not None:
+            self.decisions.observe(max(0.0, dt.datetime.now(dt.UTC).timestamp() - began))
 
     def forget(self, namespace: str, pipeline: str) -> None:
         for gauge in (
@@ -150,6 +199,8 @@ class OperatorMetrics:
             self.last_success,
             self.last_schedule,
             self.next_schedule,
+            self.rollout_weight,
+            self.rollout_failed_checks,
         ):
             try:
                 gauge.remove(namespace, pipeline)

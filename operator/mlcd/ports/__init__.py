@@ -5,11 +5,11 @@ from __future__ import annotations
 import pathlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from mlcd.domain.observations import ServingView
 from mlcd.domain.records import ModelRef, RunRecord
-from mlcd.domain.rollout import Targets
+from mlcd.domain.rollout import Builtins, Targets
 
 
 @dataclass(frozen=True)
@@ -129,13 +129,26 @@ class PipelineBackend(Protocol):
         ...
 
 
+ServingRole = Literal["stable", "candidate"]
+
+
 class ModelServing(Protocol):
     """Where a pipeline's model is served; ``serve`` switches to a version that passed its
-    gate. Everything is keyed by the pipeline."""
+    gate. Everything is keyed by the pipeline; during a rollout a candidate is served beside
+    the stable model (``role``)."""
 
-    def serve(self, key: PipelineKey, model: str, ref: ModelRef, model_dir: pathlib.Path) -> str:
+    def serve(
+        self,
+        key: PipelineKey,
+        model: str,
+        ref: ModelRef,
+        model_dir: pathlib.Path,
+        role: ServingRole = "stable",
+        port: int | None = None,
+        shadow: bool = False,
+    ) -> str:
         """Serves ``model_dir`` as ``model`` (verified against ``ref.sha256``); returns the
-        URL."""
+        URL. ``shadow``: a candidate also scores each request with the stable model."""
         ...
 
     def prepare(self, key: PipelineKey, model: str) -> None:
@@ -146,15 +159,19 @@ class ModelServing(Protocol):
         """Undoes :meth:`prepare` when nothing came to be served."""
         ...
 
-    def status(self, key: PipelineKey, model: str) -> ServingView:
+    def status(self, key: PipelineKey, model: str, role: ServingRole = "stable") -> ServingView:
         """What the server itself reports now: ready, and the version it serves."""
         ...
+
+    def url(self, key: PipelineKey, role: ServingRole = "stable") -> str | None: ...
 
     def running(self, key: PipelineKey) -> bool:
         """Whether anything still runs to serve this pipeline."""
         ...
 
-    def stop(self, key: PipelineKey) -> None: ...
+    def stop(self, key: PipelineKey, role: ServingRole | None = None) -> None:
+        """Stops the server of ``role`` (every server of the pipeline when None)."""
+        ...
 
 
 class MetricProvider(Protocol):
@@ -172,6 +189,12 @@ class Routes:
     canary_weight: int  # percent to the candidate; the stable server gets the rest
     mirror: bool  # every request is also sent to the candidate, its answer discarded
     candidate: bool  # a candidate upstream is attached
+
+
+def no_targets(key: PipelineKey) -> Targets:
+    """Targets where no router names the servers (nothing to analyse by its metrics)."""
+    empty = Builtins("", "", "", "", "", "")
+    return Targets(namespace=key.namespace, canary="", stable="", builtins=empty)
 
 
 class TrafficRouter(Protocol):
@@ -206,4 +229,8 @@ class TrafficRouter(Protocol):
 
     def finalize(self, key: PipelineKey) -> None:
         """Removes ``key``'s routes (and whatever serves them) for good."""
+        ...
+
+    def url(self, key: PipelineKey) -> str | None:
+        """Where clients send ``key``'s requests; None while it routes nothing."""
         ...

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 
@@ -61,8 +61,16 @@ def _tail(path: pathlib.Path, lines: int = 15) -> str:
         return ""
 
 
+Role = Literal["stable", "candidate"]
+
+
 class LocalServing:
-    """Implements the serving port with KServe's ModelServer on loopback."""
+    """Implements the serving port with KServe's ModelServer on loopback.
+
+    A pipeline has a stable server and, during a rollout, a candidate server (``role``); the
+    candidate's answers to mirrored traffic are compared with the stable model's (shadow), and
+    ``candidate_env`` adds variables to candidate servers only (``MLCD_SERVING_FAULTS``: a test
+    and demo device)."""
 
     def __init__(
         self,
@@ -70,18 +78,26 @@ class LocalServing:
         port: int = 8080,
         host: str = "127.0.0.1",
         ready_timeout: float = 90.0,
+        candidate_env: dict[str, str] | None = None,
     ) -> None:
         self.home, self.port, self.host, self.ready_timeout = home, port, host, ready_timeout
+        self.candidate_env = dict(candidate_env or {})
         self._children: dict[int, subprocess.Popen[bytes]] = {}
 
-    def _dir(self, key: PipelineKey) -> pathlib.Path:
+    def _dir(self, key: PipelineKey, role: Role = "stable") -> pathlib.Path:
         path = self.home / "serving" / key.namespace / key.folder
+        if role == "candidate":
+            path = path / "candidate"
         path.mkdir(parents=True, exist_ok=True)
         return path
 
-    def server(self, key: PipelineKey) -> ServerInfo | None:
+    def pointer(self, key: PipelineKey) -> pathlib.Path:
+        """The stable server's pointer file (a shadow candidate scores with it too)."""
+        return self._dir(key) / "pointer.json"
+
+    def server(self, key: PipelineKey, role: Role = "stable") -> ServerInfo | None:
         """The live, answering server of the pipeline ``key``."""
-        info = _read_json(self._dir(key) / "server.json")
+        info = _read_json(self._dir(key, role) / "server.json")
         if not info or not _alive(info):
             return None
         try:
@@ -93,19 +109,22 @@ class LocalServing:
         return ServerInfo(int(info["pid"]), int(info["port"]), str(info["url"]))
 
     def running(self, key: PipelineKey) -> bool:
-        return _alive(_read_json(self._dir(key) / "server.json"))
+        return any(
+            _alive(_read_json(self._dir(key, role) / "server.json"))
+            for role in ("stable", "candidate")
+        )
 
-    def status(self, key: PipelineKey, model: str) -> ServingView:
+    def status(self, key: PipelineKey, model: str, role: Role = "stable") -> ServingView:
         """What the server reports: it answers ready for ``model``, and the version and sha256
         it loaded (written by the server itself when it loaded them)."""
-        info = self.server(key)
+        info = self.server(key, role)
         if info is None:
             return ServingView(ready=False, reason="the model server is not running")
         try:
             answer = httpx.get(f"{info.url}/v2/models/{model}/ready", timeout=2.0)
         except httpx.HTTPError as exc:
             return ServingView(ready=False, url=info.url, reason=f"it does not answer: {exc}")
-        served = _read_json(self._dir(key) / "served.json")
+        served = _read_json(self._dir(key, role) / "served.json")
         ref = None
         if served and served.get("pid") == info.pid:
             ref = ModelRef(
@@ -122,29 +141,44 @@ class LocalServing:
             )
         return ServingView(ready=True, ref=ref, url=info.url)
 
-    def url(self, key: PipelineKey) -> str | None:
-        info = self.server(key)
+    def url(self, key: PipelineKey, role: Role = "stable") -> str | None:
+        info = self.server(key, role)
         return info.url if info else None
 
-    def serve(self, key: PipelineKey, model: str, ref: ModelRef, model_dir: pathlib.Path) -> str:
-        """Serves ``model_dir`` as ``model`` (checked against ``ref.sha256``); returns the URL."""
+    def serve(
+        self,
+        key: PipelineKey,
+        model: str,
+        ref: ModelRef,
+        model_dir: pathlib.Path,
+        role: Role = "stable",
+        port: int | None = None,
+        shadow: bool = False,
+    ) -> str:
+        """Serves ``model_dir`` as ``model`` (checked against ``ref.sha256``); returns the URL.
+        ``port``: where a new server listens (default: this serving's port; 0 picks one);
+        ``shadow``: a candidate also scores each request with the stable model and counts
+        where they disagree."""
         actual = sha256_file(model_dir / "model.onnx")
         if actual != ref.sha256:
             raise PermanentError(
                 f"refusing to serve {model} version {ref.version}: sha256 is "
                 f"{actual}, the repository recorded {ref.sha256}"
             )
-        folder = self._dir(key)
+        folder = self._dir(key, role)
         pointer = folder / "pointer.json"
         previous = _read_json(pointer)
         _write_json(
             pointer,
             {"version": ref.version, "path": str(model_dir), "uri": ref.uri, "sha256": ref.sha256},
         )
+        env = dict(self.candidate_env) if role == "candidate" else {}
+        if role == "candidate" and shadow:
+            env["MLCD_SERVING_SHADOW_OF"] = str(self.pointer(key))
         try:
-            info = self.server(key)
+            info = self.server(key, role)
             if info is None:
-                info = self._start(model, folder)
+                info = self._start(model, folder, port, env)
             else:
                 self._reload(model, info)
             served = _read_json(folder / "served.json") or {}
@@ -174,7 +208,7 @@ class LocalServing:
         old = _read_json(folder / "server.json") or {}
         if _alive(old):
             return
-        self._spawn(model, folder, old)
+        self._spawn(model, folder, old, None, {})
 
     def abandon(self, key: PipelineKey) -> None:
         """Stops a server :meth:`prepare` started that never got a model to serve."""
@@ -182,11 +216,20 @@ class LocalServing:
         if not (folder / "served.json").exists():
             self.stop(key)
 
-    def _spawn(self, model: str, folder: pathlib.Path, old: dict[str, Any]) -> tuple[int, str]:
-        port = self.port or int(old.get("port") or 0) or free_port(self.host)
+    def _spawn(
+        self,
+        model: str,
+        folder: pathlib.Path,
+        old: dict[str, Any],
+        port: int | None,
+        extra: dict[str, str],
+    ) -> tuple[int, str]:
+        wanted = self.port if port is None else port
+        port = wanted or int(old.get("port") or 0) or free_port(self.host)
         url = f"http://{self.host}:{port}"
         env = {
             **os.environ,
+            **extra,
             "MLCD_SERVING_MODEL": model,
             "MLCD_SERVING_POINTER": str(folder / "pointer.json"),
             "MLCD_SERVING_PORT": str(port),
@@ -216,7 +259,9 @@ class LocalServing:
         self._children[process.pid] = process
         return process.pid, url
 
-    def _start(self, model: str, folder: pathlib.Path) -> ServerInfo:
+    def _start(
+        self, model: str, folder: pathlib.Path, port: int | None, extra: dict[str, str]
+    ) -> ServerInfo:
         old = _read_json(folder / "server.json") or {}
         pid = int(old.get("pid") or 0)
         if _alive(old) and old.get("model") == model and not (folder / "served.json").exists():
@@ -225,7 +270,7 @@ class LocalServing:
             if _alive(old):
                 # Recorded but not answering: a start cut short by a crash, or a hung server.
                 kill_group(pid, grace=10.0)
-            pid, url = self._spawn(model, folder, old)
+            pid, url = self._spawn(model, folder, old, port, extra)
         port = int(url.rsplit(":", 1)[1])
         deadline = time.monotonic() + self.ready_timeout
         while time.monotonic() < deadline:
@@ -243,14 +288,16 @@ class LocalServing:
             f"{_tail(folder / 'server.log')}"
         )
 
-    def stop(self, key: PipelineKey) -> None:
-        folder = self._dir(key)
-        info = _read_json(folder / "server.json")
-        if info and _alive(info):
-            kill_group(int(info["pid"]), grace=10.0)
-        for name in ("server.json", "served.json", "pointer.json"):
-            with contextlib.suppress(FileNotFoundError):
-                (folder / name).unlink()
+    def stop(self, key: PipelineKey, role: Role | None = None) -> None:
+        """Stops the server of ``role`` (both when None)."""
+        for each in ("candidate", "stable") if role is None else (role,):
+            folder = self._dir(key, each)
+            info = _read_json(folder / "server.json")
+            if info and _alive(info):
+                kill_group(int(info["pid"]), grace=10.0)
+            for name in ("server.json", "served.json", "pointer.json"):
+                with contextlib.suppress(FileNotFoundError):
+                    (folder / name).unlink()
 
     def pipelines(self, namespace: str | None = None) -> list[PipelineKey]:
         """The pipelines this machine has served (one machine: no uid)."""

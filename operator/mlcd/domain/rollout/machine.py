@@ -75,6 +75,9 @@ class RolloutState(Model):
         "RolledBack or Failed.",
     )
     candidate: str = Field(max_length=64, description="The version being rolled out.")
+    run: str | None = Field(
+        default=None, max_length=253, description="The run whose model is rolled out."
+    )
     stable: str | None = Field(
         default=None, max_length=64, description="The version the stable server serves."
     )
@@ -308,13 +311,14 @@ def _is_last(state: RolloutState, rollout: Rollout) -> bool:
 
 
 def start(
-    candidate: str, stable: str | None, now: dt.datetime
+    candidate: str, stable: str | None, now: dt.datetime, run: str | None = None
 ) -> tuple[RolloutState, list[Intent]]:
-    """A new rollout of ``candidate`` next to ``stable``: the candidate is deployed with no
-    traffic, and the rollout waits for it to be ready."""
+    """A new rollout of ``candidate`` (the model of ``run``) next to ``stable``: the candidate
+    is deployed with no traffic, and the rollout waits for it to be ready."""
     state = RolloutState(
         phase=Phase.INITIALIZING.value,
         candidate=candidate,
+        run=run,
         stable=stable,
         started_at=iso(now),
         reason=f"deploying version {candidate}",

@@ -311,6 +311,14 @@ class KServeRouter:
             builtins=RAW_BUILTINS,
         )
 
+    def url(self, key: PipelineKey) -> str | None:
+        """The InferenceService's own address: the route splits traffic on its host."""
+        found = self.find(key)
+        if found is None:
+            return None
+        status = found.isvc.get("status") or {}
+        return str(status.get("url")) if status.get("url") else None
+
     def finalize(self, key: PipelineKey) -> None:
         """Deletes the route (the InferenceService is serving's to delete)."""
         if self.api.serves(GATEWAY_GROUP_VERSION, HTTPROUTES):

@@ -21,7 +21,7 @@ from mlcd.domain.observations import ServingView
 from mlcd.domain.records import ModelRef
 from mlcd.domain.spec import API_GROUP, API_VERSION, Serving, StorageLocation
 from mlcd.errors import MlcdError, PermanentError, SpecError, TemporaryError
-from mlcd.ports import ModelServing, PipelineKey
+from mlcd.ports import ModelServing, PipelineKey, ServingRole
 from mlcd.serving.kserve import resources
 from mlcd.serving.kserve.api import KubeAPI, NotInstalled, path
 from mlcd.serving.kserve.resources import Options, Pipeline
@@ -389,10 +389,29 @@ class KServeServing:
             self.poll,
         )
 
-    def serve(self, key: PipelineKey, model: str, ref: ModelRef, model_dir: object = None) -> str:
-        """Serves ``ref`` (see :meth:`PipelineServing.serve`); ``model_dir`` is not used: the
-        predictors read the version from the model repository."""
-        return self.target(key).serve(ref)
+    def serve(
+        self,
+        key: PipelineKey,
+        model: str,
+        ref: ModelRef,
+        model_dir: object = None,
+        role: ServingRole = "stable",
+        port: int | None = None,
+        shadow: bool = False,
+    ) -> str:
+        """Serves ``ref`` (see :meth:`PipelineServing.serve`), or deploys it as the candidate
+        beside the stable predictor (``role``); ``model_dir`` and ``port`` are not used: the
+        predictors read the version from the model repository. Shadowing is not supported
+        (the router says so)."""
+        target = self.target(key)
+        if role == "candidate":
+            target.deploy_candidate(ref)
+            return target.predictor_url(ref) or ""
+        return target.serve(ref)
+
+    def url(self, key: PipelineKey, role: ServingRole = "stable") -> str | None:
+        view = self.status(key, "", role)
+        return view.url
 
     def prepare(self, key: PipelineKey, model: str) -> None:
         """Checks what can be checked before a model exists (the repository is S3, KServe is
@@ -404,15 +423,24 @@ class KServeServing:
     def abandon(self, key: PipelineKey) -> None:
         """Nothing was started by :meth:`prepare`."""
 
-    def status(self, key: PipelineKey, model: str) -> ServingView:
-        return self.target(key).view()
+    def status(self, key: PipelineKey, model: str, role: ServingRole = "stable") -> ServingView:
+        target = self.target(key)
+        if role == "candidate":
+            seen = target.observe()
+            ready = seen.candidate is not None and seen.readiness.candidate_ready
+            url = target.predictor_url(seen.candidate) if seen.candidate else None
+            return ServingView(ready=ready, ref=seen.candidate, url=url)
+        return target.view()
 
     def running(self, key: PipelineKey) -> bool:
         return find_inference_service(self.api, key) is not None
 
-    def stop(self, key: PipelineKey) -> None:
+    def stop(self, key: PipelineKey, role: ServingRole | None = None) -> None:
         """Deletes the pipeline's InferenceService and credentials (found by label, so a
-        pipeline already deleted is cleaned up too)."""
+        pipeline already deleted is cleaned up too); the candidate alone is rolled back."""
+        if role == "candidate":
+            self.target(key).rollback()
+            return
         isvc = find_inference_service(self.api, key)
         where = None
         if isvc is not None:
