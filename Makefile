@@ -6,15 +6,19 @@ VENV := .venv
 BIN := $(VENV)/bin
 DATASET := examples/mnist/data/mnist.npz
 
-.PHONY: run test env components lint pytest crd docs
+.PHONY: run test env serving-tools components lint pytest crd docs
 
-run: env $(DATASET)
+run: env serving-tools $(DATASET)
 	$(BIN)/mlcd run examples/mnist/modelpipeline.yaml
 
 test: env components lint pytest
 
 env:
 	@hack/setup-env
+
+# What rollouts on this machine need: HAProxy (the router) and Prometheus (Debian's packages).
+serving-tools:
+	@hack/bootstrap --only serving --quiet
 
 components:
 	@hack/bootstrap

@@ -89,6 +89,18 @@ def _parser() -> argparse.ArgumentParser:
     op.add_argument(
         "--watch-timeout", type=int, help="seconds a watch stream lasts (MLCD_WATCH_TIMEOUT)"
     )
+    op.add_argument(
+        "--serving", choices=["local", "kserve"], help="where models are served (MLCD_SERVING)"
+    )
+    op.add_argument(
+        "--kserve-runtime", help="ServingRuntime of InferenceServices (MLCD_KSERVE_RUNTIME)"
+    )
+    op.add_argument("--prometheus-url", help="Prometheus for rollouts (MLCD_PROMETHEUS_URL)")
+    op.add_argument(
+        "--prometheus-targets",
+        type=pathlib.Path,
+        help="its file-discovery folder for local routers (MLCD_PROMETHEUS_TARGETS)",
+    )
 
     get = sub.add_parser("get", help="list ModelPipelines in the cluster")
     get.add_argument("name", nargs="?")
@@ -457,6 +469,10 @@ def cmd_operator(args: argparse.Namespace) -> int:
         "liveness": args.liveness,
         "kubeconfig": args.kubeconfig,
         "watch_timeout": args.watch_timeout,
+        "serving": args.serving,
+        "kserve_runtime": args.kserve_runtime,
+        "prometheus_url": args.prometheus_url,
+        "prometheus_targets": args.prometheus_targets,
     }
     settings = dataclasses.replace(
         OperatorSettings(), **{k: v for k, v in flags.items() if v is not None}

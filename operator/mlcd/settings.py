@@ -94,6 +94,14 @@ class OperatorSettings:
     liveness: str | None = field(default_factory=lambda: os.environ.get("MLCD_LIVENESS") or None)
     #: Kubeconfig to use; default as kubectl: KUBECONFIG, ~/.kube/config, in-cluster.
     kubeconfig: str | None = field(default_factory=lambda: os.environ.get("KUBECONFIG") or None)
+    #: Where models are served (``MLCD_SERVING``): ``local`` (a model server on the operator's
+    #: host, behind a local router for rollouts) or ``kserve`` (an InferenceService per
+    #: pipeline, rolled out through a Gateway API HTTPRoute; needs an s3:// model repository).
+    serving: str = field(default_factory=lambda: os.environ.get("MLCD_SERVING", "local"))
+    #: The ServingRuntime of the InferenceServices mlcd creates (``MLCD_KSERVE_RUNTIME``).
+    kserve_runtime: str = field(
+        default_factory=lambda: os.environ.get("MLCD_KSERVE_RUNTIME", "mlcd-onnx")
+    )
     #: Prometheus for rollout analyses and the degradation trigger; default: one the operator
     #: starts in its state folder (``MLCD_PROMETHEUS_URL``).
     prometheus_url: str | None = field(

@@ -32,6 +32,7 @@ from mlcd.domain.observations import (
     PipelineView,
     RolloutView,
     RunView,
+    ServingView,
 )
 from mlcd.domain.records import RunRecord, ServingRecord
 from mlcd.domain.redact import redact
@@ -58,6 +59,7 @@ from mlcd.ports import (
     PipelineBackend,
     PipelineKey,
     RunKey,
+    ServingRole,
     TrafficRouter,
     no_targets,
 )
@@ -215,6 +217,9 @@ class Observer:
         uri = pipeline.spec.dataset.uri
         if "://" not in uri and not os.path.isabs(uri):
             return f"spec.dataset.uri: {uri!r} must be s3://bucket/key or an absolute path", ()
+        serving_problem = getattr(self.serving, "problem", None)
+        if callable(serving_problem) and (problem := serving_problem(pipeline)):
+            return str(problem), ()
         rollout = pipeline.spec.serving.rollout
         if needs_rollout(rollout) and self.router is None:
             return (
@@ -288,8 +293,8 @@ class Observer:
         serving = None
         promoting = any(r.stage == "serve" for r in status.active_runs)
         if (status.serving is not None or promoting) and model:
-            serving = self.serving.status(pipeline, model)
-            public = self.router.url(pipeline) if self.router is not None else None
+            serving = self._serving_view(pipeline, model)
+            public = self._router_url(pipeline)
             if public is not None:
                 # Behind the router, clients use its address (the same through every rollout).
                 serving = dataclasses.replace(serving, url=public)
@@ -318,6 +323,21 @@ class Observer:
             degradation=self._degradation_sample(view, status),
         )
 
+    def _serving_view(self, key: PipelineKey, model: str, role: ServingRole = "stable") -> Any:
+        """What the serving target reports; when it cannot be asked, not ready, and why."""
+        try:
+            return self.serving.status(key, model, role)
+        except MlcdError as exc:
+            return ServingView(ready=False, reason=str(exc))
+
+    def _router_url(self, key: PipelineKey) -> str | None:
+        if self.router is None:
+            return None
+        try:
+            return self.router.url(key)
+        except MlcdError:
+            return None
+
     # -- rollouts ---------------------------------------------------------------------------
 
     def _rollout(
@@ -332,8 +352,8 @@ class Observer:
             return None
         key = key_of(view)
         model = spec.serving.name
-        stable = self.serving.status(key, model)
-        candidate = self.serving.status(key, model, role="candidate")
+        stable = self._serving_view(key, model)
+        candidate = self._serving_view(key, model, "candidate")
         router = self.router
         routes = router.routes(key) if router is not None else None
         state = RouterView(

@@ -112,9 +112,9 @@ class Kube:
                 # A rotated token (a projected ServiceAccount token, a renewed kubeconfig):
                 # log in again as at start, and try once more.
                 with self._lock:
-                    if self.http is http:
-                        self.http = self._client(self.relogin())
-                response = self.http.request(method, path, **kwargs)
+                    # The same client (others hold it too), with the new credentials.
+                    http.headers.update(self.relogin().as_http_headers())
+                response = http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
             raise TemporaryError(f"{what}: the API server did not answer ({exc})") from exc
         return response

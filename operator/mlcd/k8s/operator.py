@@ -15,10 +15,12 @@ from mlcd.control.controller import Controller, ControllerSettings
 from mlcd.control.local import local_provider, local_router
 from mlcd.engines.kubeflow import KubeflowEngine, KubeflowSettings
 from mlcd.engines.local import LocalEngine
+from mlcd.errors import PermanentError
 from mlcd.k8s.handlers import Memo, register
 from mlcd.k8s.kube import Kube, login
 from mlcd.metrics.operator import OperatorMetrics
-from mlcd.ports import PipelineBackend
+from mlcd.metrics.prometheus import PrometheusProvider
+from mlcd.ports import MetricProvider, ModelServing, PipelineBackend, TrafficRouter
 from mlcd.serving.local import LocalServing
 from mlcd.settings import OperatorSettings
 
@@ -44,6 +46,32 @@ def default_engines(settings: OperatorSettings, kube: Kube) -> dict[str, Pipelin
     return engines
 
 
+def serving_target(
+    settings: OperatorSettings, kube: Kube
+) -> tuple[ModelServing, TrafficRouter | None, MetricProvider | None]:
+    """Where models are served (``MLCD_SERVING``), the router of their rollouts, and the
+    Prometheus that analyses them."""
+    if settings.serving == "kserve":
+        # Imported here: the kserve SDK costs the local-serving operator ~70 MiB it never uses.
+        from mlcd.serving.kserve.api import KubeAPI
+        from mlcd.serving.kserve.resources import Options
+        from mlcd.serving.kserve.router import KServeRouter
+        from mlcd.serving.kserve.serving import KServeServing
+
+        api = KubeAPI(kube.http)
+        options = Options(runtime=settings.kserve_runtime)
+        provider = PrometheusProvider(settings.prometheus_url) if settings.prometheus_url else None
+        return KServeServing(api, kube.secrets, options), KServeRouter(api), provider
+    if settings.serving != "local":
+        raise PermanentError(f"MLCD_SERVING: {settings.serving!r} is not local or kserve")
+    state = settings.state_dir
+    provider_, targets = local_provider(state, settings.prometheus_url)
+    targets = settings.prometheus_targets or targets
+    faults = {"MLCD_SERVING_FAULTS": settings.candidate_faults} if settings.candidate_faults else {}
+    serving = LocalServing(state, port=0, candidate_env=faults)
+    return serving, local_router(state, 0, targets), provider_
+
+
 def build_memo(
     settings: OperatorSettings, engines: Mapping[str, PipelineBackend] | None = None
 ) -> Memo:
@@ -51,9 +79,7 @@ def build_memo(
     state = settings.state_dir
     state.mkdir(parents=True, exist_ok=True)
     metrics = OperatorMetrics()
-    provider, targets = local_provider(state, settings.prometheus_url)
-    targets = settings.prometheus_targets or targets
-    faults = {"MLCD_SERVING_FAULTS": settings.candidate_faults} if settings.candidate_faults else {}
+    serving, router, provider = serving_target(settings, kube)
     controller = Controller(
         ControllerSettings(
             state_dir=state,
@@ -61,13 +87,13 @@ def build_memo(
             max_active_runs=settings.max_active_runs,
         ),
         engines=engines or default_engines(settings, kube),
-        serving=LocalServing(state, port=0, candidate_env=faults),
+        serving=serving,
         secrets=kube.secrets,
         clock=file_clock(settings.clock_file)
         if settings.clock_file
         else (lambda: dt.datetime.now(dt.UTC)),
         metrics=metrics,
-        router=local_router(state, 0, targets),
+        router=router,
         provider=provider,
     )
     return Memo(

@@ -19,7 +19,7 @@ from mlcd.artifacts.credentials import SecretResolver, s3_keys
 from mlcd.domain import kserve as rules
 from mlcd.domain.observations import ServingView
 from mlcd.domain.records import ModelRef
-from mlcd.domain.spec import API_GROUP, API_VERSION, Serving, StorageLocation
+from mlcd.domain.spec import API_GROUP, API_VERSION, ModelPipeline, Serving, StorageLocation
 from mlcd.errors import MlcdError, PermanentError, SpecError, TemporaryError
 from mlcd.ports import ModelServing, PipelineKey, ServingRole
 from mlcd.serving.kserve import resources
@@ -358,6 +358,13 @@ class KServeServing:
         self.kserve_namespace = kserve_namespace
         self.ready_timeout, self.poll = ready_timeout, poll
         self._pipelines = pipelines or self.read_pipeline
+
+    def problem(self, pipeline: ModelPipeline) -> str | None:
+        """What keeps this pipeline from being served on KServe, naming the field: the model
+        repository must be S3 (predictor pods read it, not the operator's disk)."""
+        artifacts = pipeline.spec.artifacts
+        problems = rules.storage_problems(artifacts.uri if artifacts else None)
+        return "; ".join(str(p) for p in problems) or None
 
     def read_pipeline(self, key: PipelineKey) -> Pipeline:
         """The pipeline's serving spec, from its ModelPipeline."""
