@@ -201,14 +201,14 @@ class LocalServing:
         if response.status_code != 200:
             raise StageFailed(f"model server refused the new version: {response.text[:500]}")
 
-    def prepare(self, key: PipelineKey, model: str) -> None:
+    def prepare(self, key: PipelineKey, model: str, port: int | None = None) -> None:
         """Starts a model server ahead of need: it loads its libraries while a run evaluates and
         waits for a model; :meth:`serve` then only loads the model. Nothing if one runs."""
         folder = self._dir(key)
         old = _read_json(folder / "server.json") or {}
         if _alive(old):
             return
-        self._spawn(model, folder, old, None, {})
+        self._spawn(model, folder, old, port, {})
 
     def abandon(self, key: PipelineKey) -> None:
         """Stops a server :meth:`prepare` started that never got a model to serve."""
