@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from mlcd import __version__
+from mlcd.domain.numbers import json_safe
 from mlcd.domain.records import RunRecord
 from mlcd.domain.spec import ModelPipeline
 from mlcd.errors import MlcdError, SpecError
@@ -222,7 +223,9 @@ def cmd_run(args: argparse.Namespace, out: Console, err: Console) -> int:
     elapsed = time.monotonic() - started
     summary = _summary(loop, pipeline, record, elapsed)
     if args.output == "json":
-        sys.stdout.write(json.dumps(summary, indent=2, default=str) + "\n")
+        sys.stdout.write(
+            json.dumps(json_safe(summary), indent=2, default=str, allow_nan=False) + "\n"
+        )
     else:
         _print_summary(out, summary)
     if interrupted:
@@ -316,7 +319,7 @@ def cmd_status(args: argparse.Namespace, out: Console) -> int:
     if args.name and not rows:
         raise MlcdError(f"no pipeline {args.namespace}/{args.name} has run on this machine")
     if args.output == "json":
-        sys.stdout.write(json.dumps(rows, indent=2, default=str) + "\n")
+        sys.stdout.write(json.dumps(json_safe(rows), indent=2, default=str, allow_nan=False) + "\n")
         return EXIT_OK
     if not rows:
         out.print("no pipeline has run on this machine yet")

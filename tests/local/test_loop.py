@@ -233,3 +233,34 @@ def test_ctrl_c_stops_every_child_and_leaves_state_consistent(home, digits, tmp_
     assert state["serving"] is None
     with (home / "pipelines" / "default" / "digits" / "lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released: the next run may start
+
+
+def test_a_nan_metric_rejects_the_run_naming_it_and_nothing_crashes(home, digits, tmp_path):
+    resource = softmax_pipeline(
+        str(digits),
+        evaluation={"extraMetrics": ["custom"]},
+        gate={"metric": "custom", "min": 0.1},
+    )
+    resource["spec"]["trainer"]["args"].append("--fault=eval-nan")
+    spec = write_spec(tmp_path / "mp.yaml", resource)
+    result = mlcd("run", str(spec), "--output", "json")
+    assert result.code == 3, result.stderr
+    out = json.loads(result.stdout, parse_constant=pytest.fail)  # strict JSON: no NaN token
+    assert out["result"] == "rejected" and out["stage"] == "gate"
+    assert out["reason"] == "gate: custom is NaN: never passes"
+    assert out["metrics"]["custom"] == "NaN"
+    assert out["metrics"]["accuracy"] > 0.8
+    assert out["model"] is None and out["serving"]["url"] is None
+    status = json.loads(
+        mlcd("status", "digits", "--output", "json").stdout, parse_constant=pytest.fail
+    )
+    (run,) = status[0]["runs"]
+    assert run["reason"] == "gate: custom is NaN: never passes"
+    assert run["gate"]["passed"] is False
+    report = pathlib.Path(out["report"]).read_text()
+    assert "custom is NaN: never passes" in report
+    assert "<td>custom</td><td>NaN</td>" in report
+    # The KFP Metrics artifact holds it by its protobuf JSON name.
+    run_dir = pathlib.Path(out["report"]).parent
+    (executor_output,) = run_dir.glob("kfp/*/evaluate/executor_output.json")
+    assert '"custom": "NaN"' in executor_output.read_text()

@@ -4,7 +4,8 @@ It follows the trainer contract like any user's trainer, without torch, so the l
 run in seconds. ``--fault=NAME`` makes it misbehave the way a user's code can:
 ``trial-crash`` (trials exit 1 when lr > 0.5), ``trial-crash-all``, ``train-crash``,
 ``no-metrics``, ``no-model``, ``parity`` (evaluation outputs differ from the ONNX model's),
-``sleep`` (trials sleep for an hour).
+``sleep`` (trials sleep for an hour), ``eval-nan``, ``eval-inf``, ``eval-neginf`` (evaluation
+prints ``custom=nan``, ``inf`` or ``-inf``).
 """
 
 from __future__ import annotations
@@ -108,6 +109,8 @@ def main() -> int:
             logits = logits + 0.5
         np.save(os.environ["MLCD_PREDICTIONS_PATH"], logits)
         print("eval-extra=1.5")
+        custom = {"eval-nan": "nan", "eval-inf": "inf", "eval-neginf": "-inf"}.get(args.fault)
+        print(f"custom={custom or 0.5}")
         return 0
     if stage == "trial":
         if args.fault == "sleep":

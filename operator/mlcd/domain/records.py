@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from mlcd.domain.numbers import Metric
 from mlcd.domain.spec import Model
 
 RunResult = Literal["running", "promoted", "rejected", "failed"]
@@ -26,20 +27,22 @@ class GateVerdict(Model):
 
     passed: bool = Field(description="Whether the model may replace the serving one.")
     metric: str = Field(description="The gate's metric.")
-    value: float | None = Field(default=None, description="The candidate's value of it.")
+    value: Metric | None = Field(
+        default=None, description="The candidate's value of it (null: not a finite number)."
+    )
     direction: Literal["maximize", "minimize"] = Field(
         default="maximize", description="Whether larger (maximize) or smaller values are better."
     )
     min: float | None = Field(default=None, description="The gate's lower bound.")
     max: float | None = Field(default=None, description="The gate's upper bound.")
-    baseline_value: float | None = Field(
+    baseline_value: Metric | None = Field(
         default=None, description="The serving model's value of the metric."
     )
     baseline_version: str | None = Field(default=None, description="The version that was serving.")
     max_regression: float | None = Field(
         default=None, description="How much worse than the serving model was accepted."
     )
-    regression: float | None = Field(
+    regression: Metric | None = Field(
         default=None, description="How much worse than the serving model the candidate is."
     )
     reason: str = Field(description="The decision in one line.")
@@ -58,7 +61,7 @@ class TrialRecord(Model):
     number: int
     params: dict[str, str | float | int]
     state: Literal["succeeded", "failed", "pruned"]
-    value: float | None = None
+    value: Metric | None = None
     seconds: float = 0.0
     reason: str | None = None
 
@@ -70,7 +73,7 @@ class DataReport(Model):
     samples: int = Field(default=0, description="Number of samples.")
     class_counts: list[int] = Field(default_factory=list, description="Samples per class.")
     problems: list[str] = Field(default_factory=list, description="What is wrong with it.")
-    drift: dict[str, float] = Field(
+    drift: dict[str, Metric] = Field(
         default_factory=dict,
         description="feature-psi and label-psi against the serving model's data.",
     )
@@ -93,7 +96,10 @@ class RunRecord(Model):
     params: dict[str, str | float | int] = Field(
         default_factory=dict, description="The hyperparameters trained with."
     )
-    metrics: dict[str, float] = Field(default_factory=dict, description="The evaluation's metrics.")
+    metrics: dict[str, Metric] = Field(
+        default_factory=dict,
+        description="The evaluation's metrics (null: not a finite number, as NaN or inf).",
+    )
     gate: GateVerdict | None = Field(default=None, description="The gate's verdict.")
     model: ModelRef | None = Field(default=None, description="The model it exported.")
     data: DataReport | None = Field(default=None, description="What the data check found.")
@@ -109,4 +115,6 @@ class ServingRecord(Model):
     sha256: str = Field(description="Its SHA-256 digest, checked before serving.")
     url: str | None = Field(default=None, description="Where it answers predictions.")
     run: str | None = Field(default=None, description="The run that produced it.")
-    metrics: dict[str, float] = Field(default_factory=dict, description="Its evaluation's metrics.")
+    metrics: dict[str, Metric] = Field(
+        default_factory=dict, description="Its evaluation's metrics (null: not a finite number)."
+    )

@@ -89,8 +89,12 @@ class DatasetSchema(Model):
         min_length=1, max_length=8, description="Shape of one sample's features, e.g. [1, 28, 28]."
     )
     num_classes: int = Field(ge=2, description="Labels must be integers in [0, numClasses).")
-    value_min: float | None = Field(default=None, description="Smallest allowed feature value.")
-    value_max: float | None = Field(default=None, description="Largest allowed feature value.")
+    value_min: float | None = Field(
+        allow_inf_nan=False, default=None, description="Smallest allowed feature value."
+    )
+    value_max: float | None = Field(
+        allow_inf_nan=False, default=None, description="Largest allowed feature value."
+    )
     min_samples: int = Field(default=100, ge=1, description="Fewest samples a run accepts.")
     min_samples_per_class: int = Field(
         default=10, ge=1, description="Fewest samples of every class a run accepts."
@@ -101,6 +105,7 @@ class DriftCheck(Model):
     """Compare the new data's distribution with the data the serving model was trained on."""
 
     max_psi: float = Field(
+        allow_inf_nan=False,
         default=0.2,
         gt=0,
         description="Largest population stability index (feature values, labels) accepted.",
@@ -194,7 +199,9 @@ class Objective(Model):
     type: Literal["maximize", "minimize"] = Field(
         default="maximize", description="Whether larger (maximize) or smaller values are better."
     )
-    goal: float | None = Field(default=None, description="Stop tuning once a trial reaches it.")
+    goal: float | None = Field(
+        allow_inf_nan=False, default=None, description="Stop tuning once a trial reaches it."
+    )
     strategy: Literal["latest", "max", "min"] | None = Field(
         default=None,
         description="Which of a trial's reported values counts; default max/min by type.",
@@ -211,12 +218,17 @@ class Parameter(Model):
         description="double and int take min and max; categorical and discrete take values."
     )
     min: float | None = Field(
-        default=None, description="Smallest value (double, int); > 0 for logUniform."
+        allow_inf_nan=False,
+        default=None,
+        description="Smallest value (double, int); > 0 for logUniform.",
     )
     max: float | None = Field(
-        default=None, description="Largest value (double, int); greater than min."
+        allow_inf_nan=False,
+        default=None,
+        description="Largest value (double, int); greater than min.",
     )
     step: float | None = Field(
+        allow_inf_nan=False,
         default=None,
         gt=0,
         description="Spacing of the values tried (double, int); required for double with grid.",
@@ -255,7 +267,11 @@ class Tuning(Model):
         description="Extra arguments for trials only (e.g. fewer epochs).",
     )
     validation_fraction: float = Field(
-        default=0.2, gt=0, lt=1, description="Share of training data trials are scored on."
+        allow_inf_nan=False,
+        default=0.2,
+        gt=0,
+        lt=1,
+        description="Share of training data trials are scored on.",
     )
     trial_timeout: Duration = Field(default="30m", description="Longest one trial may run.")
     seed: int = Field(default=0, description="Seed of the search algorithm and data split.")
@@ -269,7 +285,10 @@ class Baseline(Model):
         description="serving: no regression against the serving model; none: bounds only.",
     )
     max_regression: float = Field(
-        default=0.0, ge=0, description="How much worse than the serving model is still accepted."
+        allow_inf_nan=False,
+        default=0.0,
+        ge=0,
+        description="How much worse than the serving model is still accepted.",
     )
 
 
@@ -284,9 +303,13 @@ class Gate(Model):
     direction: Literal["maximize", "minimize"] = Field(
         default="maximize", description="Whether larger (maximize) or smaller values are better."
     )
-    min: float | None = Field(default=None, description="The metric must be at least this.")
+    min: float | None = Field(
+        allow_inf_nan=False, default=None, description="The metric must be at least this."
+    )
     max: float | None = Field(
-        default=None, description="The metric must be at most this; greater than min."
+        allow_inf_nan=False,
+        default=None,
+        description="The metric must be at most this; greater than min.",
     )
     baseline: Baseline = Field(
         default_factory=Baseline, description="The comparison with the model now serving."
@@ -297,10 +320,17 @@ class Evaluation(Model):
     """Scoring the trained model on data it never saw, as PyTorch and as ONNX."""
 
     holdout_fraction: float = Field(
-        default=0.2, gt=0, lt=1, description="Share of the dataset the trainer never sees."
+        allow_inf_nan=False,
+        default=0.2,
+        gt=0,
+        lt=1,
+        description="Share of the dataset the trainer never sees.",
     )
     parity_tolerance: float = Field(
-        default=1e-3, gt=0, description="Largest |onnx - trained| output difference accepted."
+        allow_inf_nan=False,
+        default=1e-3,
+        gt=0,
+        description="Largest |onnx - trained| output difference accepted.",
     )
     extra_metrics: list[MetricName] = Field(
         default_factory=list,

@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from mlcd.domain.checks import parse_pipeline
+from mlcd.domain.numbers import Metric, json_safe
 from mlcd.domain.records import STAGES
 from mlcd.domain.spec import ModelPipeline
 from mlcd.pipeline.events import EventLog
@@ -23,7 +24,7 @@ class Baseline(BaseModel):
     """The model serving when the run started: what the gate and the drift check compare to."""
 
     version: str
-    metrics: dict[str, float] = {}
+    metrics: dict[str, Metric] = {}
     data_stats: dict[str, Any] | None = None
 
 
@@ -60,7 +61,7 @@ class RunContext(BaseModel):
         folder = self.dir / "stages"
         folder.mkdir(parents=True, exist_ok=True)
         tmp = folder / f".{stage}.json.tmp"
-        tmp.write_text(json.dumps(data, indent=2, default=str))
+        tmp.write_text(json.dumps(json_safe(data), indent=2, default=str, allow_nan=False))
         tmp.replace(folder / f"{stage}.json")
 
     def read(self, stage: str) -> dict[str, Any] | None:

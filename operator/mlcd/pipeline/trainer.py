@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from types import FrameType
+from typing import Any
 
 from mlcd.domain import metrics_text
 from mlcd.domain.spec import Trainer
@@ -27,16 +28,24 @@ from mlcd.errors import StageFailed
 from mlcd.processes import free_port, kill_group
 
 TAIL_LINES = 20
+#: Longest line read at once: a trainer printing without newlines cannot grow memory.
+MAX_LINE = 16 * 1024
+MAX_METRICS_FILE = 16 * 1024 * 1024
 
 
 @dataclass
 class TrainerRun:
     returncode: int
     seconds: float
-    series: metrics_text.Series = field(default_factory=dict)
+    metrics: metrics_text.SeriesReader = field(default_factory=metrics_text.SeriesReader)
     stderr_tail: list[str] = field(default_factory=list)
+    stdout_tail: list[str] = field(default_factory=list)
     timed_out: bool = False
     cancelled: bool = False
+
+    @property
+    def series(self) -> metrics_text.Series:
+        return self.metrics.series()
 
     @property
     def ok(self) -> bool:
@@ -149,7 +158,10 @@ def run_trainer(
         )
     metrics_file = env.get("MLCD_METRICS_FILE")
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    stdout_lines: list[str] = []
+    collector = trainer.metrics_collector
+    # Only a tail of each stream and the parsed metrics stay in memory; the log has it all.
+    parsed = metrics_text.SeriesReader(collector.metrics_format)
+    stdout_tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES * 2)
     stderr_tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES * 2)
     started = time.monotonic()
     try:
@@ -169,16 +181,25 @@ def run_trainer(
     with log_path.open("a") as log:
         log.write(f"$ {' '.join(argv)}\n")
         log_lock = threading.Lock()
+        flushed = [time.monotonic()]
 
-        def pump(stream: object, sink: list[str] | collections.deque[str], tag: str) -> None:
-            for line in stream:  # type: ignore[attr-defined]
-                sink.append(line.rstrip("\n"))
+        def pump(stream: Any, tail: collections.deque[str], tag: str) -> None:
+            parse = parsed.feed if tag == "out" and collector.kind == "StdOut" else None
+            for line in iter(lambda: stream.readline(MAX_LINE), ""):
+                text = line.rstrip("\n")
+                tail.append(text)
+                if parse is not None:
+                    parse(text)
                 with log_lock:
-                    log.write(f"{tag} {line}")
-                    log.flush()
+                    if log.closed:
+                        continue  # given up on (see below): drain the pipe, keep nothing
+                    log.write(f"{tag} {line}" if line.endswith("\n") else f"{tag} {line}\n")
+                    if time.monotonic() - flushed[0] > 0.2:
+                        log.flush()
+                        flushed[0] = time.monotonic()
 
         readers = [
-            threading.Thread(target=pump, args=(process.stdout, stdout_lines, "out"), daemon=True),
+            threading.Thread(target=pump, args=(process.stdout, stdout_tail, "out"), daemon=True),
             threading.Thread(target=pump, args=(process.stderr, stderr_tail, "err"), daemon=True),
         ]
         for reader in readers:
@@ -197,24 +218,31 @@ def run_trainer(
             if process.poll() is None:
                 kill_group(process.pid)
             process.wait()
+            # Whatever of its group is left holds the pipes open: stopped, so that reading ends.
+            kill_group(process.pid, grace=2.0)
+            # The last lines (the final metrics) may still be in the pipes: read to the end,
+            # unless a process that left the group keeps them open.
             for reader in readers:
-                reader.join(timeout=5)
+                reader.join(timeout=60)
             groups.remove(process.pid)
-    series = metrics_text.parse_lines(stdout_lines, trainer.metrics_collector.metrics_format)
-    if trainer.metrics_collector.kind == "File":
-        series = {}
+            with log_lock:
+                log.close()
     if metrics_file and pathlib.Path(metrics_file).is_file():
         try:
+            size = pathlib.Path(metrics_file).stat().st_size
+            if size > MAX_METRICS_FILE:
+                raise ValueError(f"{size} bytes, more than {MAX_METRICS_FILE}")
             from_file = metrics_text.parse_json(pathlib.Path(metrics_file).read_text())
         except ValueError as exc:
             stderr_tail.append(f"(mlcd) unreadable metrics file {metrics_file}: {exc}")
         else:
-            series = metrics_text.merge(series, from_file)
+            parsed.add_series(from_file)
     return TrainerRun(
         returncode=process.returncode if process.returncode is not None else -1,
         seconds=time.monotonic() - started,
-        series=series,
+        metrics=parsed,
         stderr_tail=list(stderr_tail),
+        stdout_tail=list(stdout_tail),
         timed_out=timed_out,
         cancelled=cancelled,
     )

@@ -7,6 +7,8 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from mlcd.domain import numbers
+
 W, H = 320, 220
 LEFT, RIGHT, TOP, BOTTOM = 48, 12, 24, 36
 COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b")
@@ -90,12 +92,12 @@ def _svg(parts: list[str], alt: str) -> str:
 
 def trials(records: Sequence[Mapping[str, Any]], params: Sequence[str], metric: str) -> str:
     """Each parameter against the objective, as Katib's UI shows it."""
-    good = [r for r in records if r.get("value") is not None]
+    good = [r for r in records if _finite(r.get("value")) is not None]
     ys = [float(r["value"]) for r in good]
     charts = []
     for name in params:
         xs = [r["params"].get(name) for r in good]
-        numeric = bool(xs) and all(isinstance(v, int | float) for v in xs)
+        numeric = bool(xs) and all(_finite(v) is not None for v in xs)
         failed = len(records) - len(good)
         title = f"{name} vs {metric}" + (f" ({failed} failed)" if failed else "")
         if numeric:
@@ -119,11 +121,17 @@ def trials(records: Sequence[Mapping[str, Any]], params: Sequence[str], metric: 
     return "".join(charts)
 
 
-def curves(series: Mapping[str, Sequence[float]]) -> str:
+def _finite(value: Any) -> float | None:
+    """A finite number from a record (JSON may hold "NaN" and friends), or None."""
+    number = numbers.number(value)
+    return number if number is not None and math.isfinite(number) else None
+
+
+def curves(series: Mapping[str, Sequence[Any]]) -> str:
     shown = {
-        k: list(v)
+        k: [float(x) for x in v]
         for k, v in series.items()
-        if k != "epoch" and len(v) > 1 and all(math.isfinite(x) for x in v)
+        if k != "epoch" and len(v) > 1 and all(_finite(x) is not None for x in v)
     }
     if not shown:
         return ""
@@ -190,7 +198,7 @@ def confusion(matrix: Sequence[Sequence[int]]) -> str:
 
 def roc(fpr: Sequence[float], tpr: Sequence[float], auc: float | None) -> str:
     frame = Frame((0.0, 1.0), (0.0, 1.0))
-    title = f"ROC, micro-average (macro AUC {auc:.4f})" if auc is not None else "ROC"
+    title = f"ROC, micro-average (macro AUC {numbers.name(auc)})" if auc is not None else "ROC"
     parts = frame.axes(title, "false positive rate", "true positive rate")
     parts.append(
         f'<line x1="{frame.px(0)}" y1="{frame.py(0)}" x2="{frame.px(1)}" '

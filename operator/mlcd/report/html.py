@@ -6,6 +6,7 @@ import html
 import json
 from typing import Any
 
+from mlcd.domain import numbers
 from mlcd.domain.records import STAGES
 from mlcd.report import charts
 
@@ -29,7 +30,7 @@ def _table(rows: list[list[Any]], head: list[str]) -> str:
 
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
-        return f"{value:.6g}"
+        return numbers.name(value)
     return "" if value is None else str(value)
 
 
@@ -123,12 +124,14 @@ def build(
             parity = evaluate["parity"]
             parts.append(
                 f"<p>ONNX parity: max |onnx − trained| = "
-                f"{parity['maxAbsDifference']:.3g} (tolerance {parity['tolerance']:g})</p>"
+                f"{_fmt(numbers.number(parity['maxAbsDifference']))} "
+                f"(tolerance {_fmt(numbers.number(parity['tolerance']))})</p>"
             )
         parts.append(charts.confusion(evaluate["confusion"]))
         roc = evaluate.get("roc") or {}
         if roc.get("fpr"):
-            parts.append(charts.roc(roc["fpr"], roc["tpr"], evaluate["metrics"].get("roc-auc")))
+            auc = numbers.number(evaluate["metrics"].get("roc-auc"))
+            parts.append(charts.roc(roc["fpr"], roc["tpr"], auc))
         per_class = evaluate.get("perClass") or []
         parts.append(
             _table(
@@ -169,7 +172,7 @@ def build(
     if result:
         parts.append(
             "<h2>Result record</h2><pre>"
-            + html.escape(json.dumps(result, indent=2, default=str))
+            + html.escape(json.dumps(numbers.json_safe(result), indent=2, default=str))
             + "</pre>"
         )
     return "\n".join(parts)

@@ -12,7 +12,7 @@ import warnings
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any, Protocol
 
-from mlcd.domain import metrics_text, search
+from mlcd.domain import numbers, search
 from mlcd.domain.datacheck import holdout_split
 from mlcd.domain.records import TrialRecord
 from mlcd.domain.spec import Parameter, Tuning, duration_seconds
@@ -183,7 +183,7 @@ class Tuner:
                     "state": "pruned" if result.cancelled else "failed",
                 }
             )
-        elif objective.metric not in result.series:
+        elif objective.metric not in result.metrics.curves:
             tail = "\n".join(result.stderr_tail[-5:])
             record = record.model_copy(
                 update={
@@ -192,9 +192,10 @@ class Tuner:
                 }
             )
         else:
-            value = metrics_text.reduce(result.series[objective.metric], search.strategy(objective))
-            if math.isnan(value):
-                record = record.model_copy(update={"reason": f"{objective.metric} is NaN"})
+            value = result.metrics.curves[objective.metric].reduce(search.strategy(objective))
+            if not math.isfinite(value):
+                reason = f"{objective.metric} is {numbers.name(value)}: not a value to rank"
+                record = record.model_copy(update={"reason": reason})
             else:
                 record = record.model_copy(update={"state": "succeeded", "value": value})
         self.ctx.events.emit(

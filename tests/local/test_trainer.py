@@ -1,0 +1,47 @@
+"""Running a trainer: what stays in memory of what it prints is bounded, whatever it prints."""
+
+from __future__ import annotations
+
+import pathlib
+import sys
+
+from mlcd.domain.metrics_text import MAX_POINTS
+from mlcd.domain.spec import Trainer
+from mlcd.pipeline.trainer import MAX_LINE, TAIL_LINES, ProcessGroups, run_trainer
+
+CHATTY = """
+import sys
+out = sys.stdout
+for i in range(200_000):
+    out.write(f"step={i} loss={1.0 / (i + 1)} and some words to make the line longer\\n")
+out.write("x" * (5 * 1024 * 1024))  # one line of 5 MiB, no newline
+out.write("\\nstep=200000 loss=0.25 accuracy=0.5\\n")
+print("done on stderr", file=sys.stderr)
+"""
+
+
+def test_a_chatty_trainer_leaves_a_bounded_tail_and_its_metrics(tmp_path: pathlib.Path) -> None:
+    trainer = Trainer.model_validate({"command": [sys.executable, "-c", CHATTY]})
+    log = tmp_path / "trial.log"
+    result = run_trainer(
+        trainer,
+        args=[],
+        env={},
+        log_path=log,
+        groups=ProcessGroups(tmp_path / "procs"),
+        timeout=300,
+    )
+    assert result.ok, result.failure()
+    assert len(result.stdout_tail) <= 2 * TAIL_LINES
+    assert all(len(line) <= MAX_LINE for line in result.stdout_tail)
+    assert result.stdout_tail[-1] == "step=200000 loss=0.25 accuracy=0.5"
+    assert result.stderr_tail == ["done on stderr"]
+    curves = result.metrics.curves
+    assert all(len(c.values) <= MAX_POINTS for c in curves.values())
+    assert curves["loss"].count == 200_001
+    assert curves["loss"].reduce("latest") == 0.25
+    assert curves["loss"].reduce("min") == 1.0 / 200_000
+    assert result.metrics.latest()["accuracy"] == 0.5
+    assert result.metrics.steps()["loss"]["name"] == "step"
+    # Everything it printed is in the log, nothing is lost.
+    assert log.stat().st_size > 5 * 1024 * 1024 + 200_000 * 60
