@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -56,7 +57,13 @@ def test_first_run_is_served_and_an_impossible_gate_keeps_it(home, digits, tmp_p
     assert meta["dataset"]["sha256"] == _sha256(digits)
     assert set(meta["params"]) == {"lr"}
     assert meta["metrics"]["accuracy"] == pytest.approx(out["metrics"]["accuracy"])
-    assert pathlib.Path(out["report"]).read_text().count("<svg") >= 4
+    report = pathlib.Path(out["report"]).read_text()
+    assert report.count("<svg") >= 4
+    # What happened to the run, serving included; the curve is against the printed epochs.
+    assert re.search(
+        r"<td>serve</td><td><span class=\"ok\">succeeded</span> — version 1 serving", report
+    )
+    assert ">epoch</text>" in report
 
     url = out["serving"]["url"]
     with np.load(digits) as data:

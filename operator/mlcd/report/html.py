@@ -38,17 +38,36 @@ def _status(record: dict[str, Any] | None) -> str:
     if record is None:
         return '<span class="muted">not run</span>'
     status = record.get("status", "?")
-    css = "ok" if status == "succeeded" else "bad"
+    css = {"succeeded": "ok", "pending": "muted"}.get(status, "bad")
     reason = record.get("reason")
     text = f'<span class="{css}">{html.escape(status)}</span>'
     return text + (f" — {html.escape(str(reason).splitlines()[0])}" if reason else "")
 
 
+def _serving(result: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The serve stage's outcome, as the run's record tells it: the loop serves after the
+    pipeline, so no stage record of the pipeline has it."""
+    if not result:
+        return None
+    outcome, stage = result.get("result"), result.get("stage")
+    version = (result.get("model") or {}).get("version")
+    if outcome == "promoted":
+        return {"status": "succeeded", "reason": f"version {version} serving"}
+    if stage == "serve" and outcome == "failed":
+        return {"status": "failed", "reason": result.get("reason")}
+    if stage == "serve" and outcome == "running":
+        return {"status": "pending", "reason": f"version {version} is served next"}
+    return None
+
+
 def build(
     stages: dict[str, dict[str, Any] | None], title: str, result: dict[str, Any] | None = None
 ) -> str:
-    """``stages`` maps each stage to its record (None: not run)."""
+    """``stages`` maps each stage to its record (None: not run); ``result`` is the run's
+    record (a RunRecord as JSON), which also tells how serving went."""
     records = {stage: stages.get(stage) for stage in STAGES}
+    if records["serve"] is None:
+        records["serve"] = _serving(result)
     parts = [
         f"<!doctype html><meta charset=utf-8><title>{html.escape(title)}</title>",
         f"<style>{_STYLE}</style><h1>{html.escape(title)}</h1>",
@@ -89,7 +108,13 @@ def build(
         names = sorted({k for t in trials for k in t.get("params", {})})
         parts.append(f"<h2>Tuning ({html.escape(str(tune.get('algorithm')))})</h2>")
         parts.append(f"<p>{html.escape(str(tune.get('stopReason', '')))}</p>")
-        parts.append(f'<div class="charts">{charts.trials(trials, names, objective)}</div>')
+        logs = {
+            p.get("name")
+            for p in tune.get("parameters") or []
+            if p.get("distribution") == "logUniform"
+        }
+        chart = charts.trials(trials, names, objective, {str(n) for n in logs})
+        parts.append(f'<div class="charts">{chart}</div>')
         rows = [
             [
                 t["number"],
@@ -114,7 +139,7 @@ def build(
             )
         )
         if train.get("curves"):
-            parts.append(charts.curves(train["curves"]))
+            parts.append(charts.curves(train["curves"], train.get("steps")))
 
     evaluate = records["evaluate"]
     if evaluate and evaluate.get("metrics"):

@@ -44,6 +44,7 @@ def run(ctx: RunContext, train_path: str, params_json: str, model_dir: str) -> N
                 threads=max(1, cpus() // trainer.workers),
             )
         outcome["curves"] = result.series
+        outcome["steps"] = result.metrics.steps()
         if not result.ok:
             raise StageFailed(f"training job of {trainer.workers} worker(s) {result.failure()}")
         if not result.series:

@@ -318,6 +318,7 @@ def run(ctx: RunContext, train_path: str) -> str:
             trials=[t.model_dump(by_alias=True) for t in trials],
             objective=tuning.objective.model_dump(by_alias=True),
             algorithm=tuning.algorithm,
+            parameters=[p.model_dump(by_alias=True, exclude_none=True) for p in tuning.parameters],
             stopReason=stop_reason,
             best=best.model_dump(by_alias=True) if best else None,
             searchSeconds=round(time.time() - started, 2),
