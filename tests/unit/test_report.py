@@ -115,6 +115,11 @@ def _serve_row(page: str) -> str:
             ['class="bad">failed', "model server exited"],
         ),
         ({"result": "running", "stage": "serve"}, ['class="muted">pending', "served next"]),
+        ({"result": "exported", "stage": "serve"}, ['class="muted">pending', "served next"]),
+        (
+            {"result": "exported", "stage": "serve", "reason": "serving: store unreachable"},
+            ['class="bad">failed', "store unreachable"],
+        ),
         ({"result": "rejected", "stage": "gate"}, ["not run"]),
     ],
 )

@@ -53,11 +53,12 @@ def _serving(result: dict[str, Any] | None) -> dict[str, Any] | None:
     version = (result.get("model") or {}).get("version")
     if outcome == "promoted":
         return {"status": "succeeded", "reason": f"version {version} serving"}
-    if stage == "serve" and outcome == "failed":
-        return {"status": "failed", "reason": result.get("reason")}
-    if stage == "serve" and outcome == "running":
+    if stage != "serve":
+        return None
+    # Exported (or still "running" after export) with no reason: serving comes next.
+    if outcome in ("running", "exported") and not result.get("reason"):
         return {"status": "pending", "reason": f"version {version} is served next"}
-    return None
+    return {"status": "failed", "reason": result.get("reason")}
 
 
 def build(
