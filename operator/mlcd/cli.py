@@ -9,7 +9,9 @@ import argparse
 import contextlib
 import json
 import pathlib
+import signal
 import sys
+import threading
 import time
 from typing import Any
 
@@ -175,7 +177,6 @@ def cmd_run(args: argparse.Namespace, out: Console, err: Console) -> int:
     from mlcd import specfile
     from mlcd.domain.checks import parse_pipeline
     from mlcd.loop import LocalLoop, resolve_locations
-    from mlcd.progress import RunView, follow
     from mlcd.settings import LocalSettings
 
     pipeline, raw = specfile.load(args.file, args.overrides)
@@ -184,13 +185,43 @@ def cmd_run(args: argparse.Namespace, out: Console, err: Console) -> int:
     resource = resolve_locations(raw, args.file.resolve().parent, settings.models)
     pipeline = parse_pipeline(resource)
     started = time.monotonic()
+    # SIGINT and SIGTERM (SIGINT even where it was inherited as ignored, as in a background
+    # job of a script) only set a flag, read between looks at the run: never an exception in
+    # the middle of starting a process or writing a file.
+    stop = threading.Event()
+    previous = {
+        s: signal.signal(s, lambda signum, frame: stop.set())
+        for s in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        return _run(args, out, err, loop, pipeline, resource, started, stop)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _run(
+    args: argparse.Namespace,
+    out: Console,
+    err: Console,
+    loop: Any,
+    pipeline: ModelPipeline,
+    resource: dict[str, Any],
+    started: float,
+    stop: threading.Event,
+) -> int:
+    from mlcd.progress import RunView, follow
+
     with loop.exclusive(pipeline):
+        if stop.is_set():
+            err.print("[yellow]interrupted: no run was started[/]")
+            return EXIT_INTERRUPTED
         run_id = loop.start(pipeline, resource)
         log = loop.engine.events(run_id)
         assert log is not None
 
         def finished() -> bool:
-            return loop.engine.done(run_id)
+            return stop.is_set() or loop.engine.done(run_id)
 
         interrupted = False
         view = RunView(err, pipeline) if args.output == "text" else None
@@ -204,16 +235,17 @@ def cmd_run(args: argparse.Namespace, out: Console, err: Console) -> int:
                 if view is not None:
                     view.apply(event)
 
-            try:
-                follow(log, finished, on_event)
-            except KeyboardInterrupt:
+            follow(log, finished, on_event)
+            if stop.is_set():
                 interrupted = True
                 err.print("[yellow]interrupted: stopping the run and its processes[/]")
                 loop.engine.cancel(run_id)
             record = loop.engine.get(run_id) or RunRecord(
                 id=run_id,
                 result="failed",
-                reason="the run's process ended without a result (see its pipeline.log)",
+                reason="cancelled before the run had a result"
+                if interrupted
+                else "the run's process ended without a result (see its pipeline.log)",
             )
             if interrupted and record.result == "running":
                 record = record.model_copy(update={"result": "failed", "reason": "cancelled"})
@@ -228,7 +260,7 @@ def cmd_run(args: argparse.Namespace, out: Console, err: Console) -> int:
         )
     else:
         _print_summary(out, summary)
-    if interrupted:
+    if interrupted or stop.is_set():
         return EXIT_INTERRUPTED
     return EXIT_BY_RESULT.get(record.result, EXIT_FAILED)
 

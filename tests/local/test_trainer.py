@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import pathlib
 import sys
+
+import pytest
 
 from mlcd.domain.metrics_text import MAX_POINTS
 from mlcd.domain.spec import Trainer
@@ -45,3 +48,39 @@ def test_a_chatty_trainer_leaves_a_bounded_tail_and_its_metrics(tmp_path: pathli
     assert result.metrics.steps()["loss"]["name"] == "step"
     # Everything it printed is in the log, nothing is lost.
     assert log.stat().st_size > 5 * 1024 * 1024 + 200_000 * 60
+
+
+def test_a_signal_while_a_trainer_starts_still_stops_it(tmp_path, monkeypatch) -> None:
+    """SIGTERM landing between the trainer's start and the record of its group (the window
+    in which a cancel used to leave a trainer in a session no one knew of)."""
+    import signal
+    import subprocess
+    import time
+
+    import psutil
+
+    from mlcd.pipeline import trainer as module
+
+    started: list[int] = []
+    real = subprocess.Popen
+
+    def popen_then_signal(*args, **kwargs):  # type: ignore[no-untyped-def]
+        process = real(*args, **kwargs)
+        started.append(process.pid)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.2)  # the handler runs here, inside the window
+        return process
+
+    monkeypatch.setattr(module.subprocess, "Popen", popen_then_signal)
+    trainer = Trainer.model_validate(
+        {"command": [sys.executable, "-c", "import time; time.sleep(60)"]}
+    )
+    groups = ProcessGroups(tmp_path / "procs")
+    with pytest.raises(KeyboardInterrupt), groups.handling_signals():
+        run_trainer(
+            trainer, args=[], env={}, log_path=tmp_path / "t.log", groups=groups, timeout=300
+        )
+    assert (started and not psutil.pid_exists(started[0])) or (
+        psutil.Process(started[0]).status() == psutil.STATUS_ZOMBIE
+    )
+    assert list((tmp_path / "procs").glob("*.pgid")) == []

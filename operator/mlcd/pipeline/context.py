@@ -6,9 +6,12 @@ import contextlib
 import datetime as dt
 import json
 import pathlib
+import signal
+import threading
 import time
 from collections.abc import Iterator
 from functools import cached_property
+from types import FrameType
 from typing import Any
 
 from pydantic import BaseModel
@@ -69,8 +72,12 @@ class RunContext(BaseModel):
 
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[dict[str, Any]]:
-        """Times a stage, announces it, and records a failure with its reason."""
+        """Times a stage, announces it, and records a failure with its reason. SIGTERM (a
+        cancel) unwinds the stage like Ctrl-C, so that its cleanups run and it is recorded."""
         started = time.time()
+        previous = None
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGTERM, _interrupt)
         self.events.emit("stage-start", stage=name)
         outcome: dict[str, Any] = {"stage": name, "status": "succeeded", "startedAt": _iso(started)}
         try:
@@ -92,6 +99,12 @@ class RunContext(BaseModel):
                 reason=outcome.get("reason"),
                 seconds=outcome["seconds"],
             )
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def read_stage(run_dir: pathlib.Path, stage: str) -> dict[str, Any] | None:

@@ -25,7 +25,7 @@ from typing import Any
 from mlcd.domain import metrics_text
 from mlcd.domain.spec import Trainer
 from mlcd.errors import StageFailed
-from mlcd.processes import free_port, kill_group
+from mlcd.processes import free_port, kill_group, kill_groups
 
 TAIL_LINES = 20
 #: Longest line read at once: a trainer printing without newlines cannot grow memory.
@@ -67,6 +67,10 @@ class ProcessGroups:
         self.folder = folder
         self.live: set[int] = set()
         self.lock = threading.Lock()
+        # While the main thread starts a process and records its group, a signal waits:
+        # raised between Popen and the record, it would leave a group no one knows of.
+        self._starting = False
+        self._pending: int | None = None
 
     def add(self, pgid: int) -> None:
         with self.lock:
@@ -83,14 +87,34 @@ class ProcessGroups:
     def stop_all(self) -> None:
         with self.lock:
             groups = list(self.live)
-        for pgid in groups:
-            kill_group(pgid)
+        kill_groups(groups)
+
+    @contextlib.contextmanager
+    def starting(self) -> Iterator[None]:
+        """Starts and records a process with signals held (see :meth:`check`)."""
+        main = threading.current_thread() is threading.main_thread()
+        if main:
+            self._starting = True
+        try:
+            yield
+        finally:
+            if main:
+                self._starting = False
+
+    def check(self) -> None:
+        """Raises the signal that came while a process was starting, if one did."""
+        if self._pending is not None:
+            signum, self._pending = self._pending, None
+            raise KeyboardInterrupt(f"signal {signum}")
 
     @contextlib.contextmanager
     def handling_signals(self) -> Iterator[None]:
         """Turns SIGTERM into KeyboardInterrupt, and stops every group on the way out."""
 
         def on_term(signum: int, frame: FrameType | None) -> None:
+            if self._starting:
+                self._pending = signum
+                return
             raise KeyboardInterrupt(f"signal {signum}")
 
         previous = signal.signal(signal.SIGTERM, on_term)
@@ -164,20 +188,21 @@ def run_trainer(
     stdout_tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES * 2)
     stderr_tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES * 2)
     started = time.monotonic()
-    try:
-        process = subprocess.Popen(
-            argv,
-            env=full_env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            text=True,
-            errors="replace",
-        )
-    except OSError as exc:
-        raise StageFailed(f"cannot start trainer {argv[0]!r}: {exc}") from exc
-    groups.add(process.pid)
+    with groups.starting():
+        try:
+            process = subprocess.Popen(
+                argv,
+                env=full_env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                text=True,
+                errors="replace",
+            )
+        except OSError as exc:
+            raise StageFailed(f"cannot start trainer {argv[0]!r}: {exc}") from exc
+        groups.add(process.pid)
     with log_path.open("a") as log:
         log.write(f"$ {' '.join(argv)}\n")
         log_lock = threading.Lock()
@@ -207,6 +232,7 @@ def run_trainer(
         timed_out = cancelled = False
         try:
             while process.poll() is None:
+                groups.check()
                 if time.monotonic() - started > timeout:
                     timed_out = True
                     break
@@ -227,6 +253,7 @@ def run_trainer(
             groups.remove(process.pid)
             with log_lock:
                 log.close()
+    groups.check()
     if metrics_file and pathlib.Path(metrics_file).is_file():
         try:
             size = pathlib.Path(metrics_file).stat().st_size
