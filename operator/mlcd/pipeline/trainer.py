@@ -25,12 +25,14 @@ from typing import Any
 from mlcd.domain import metrics_text
 from mlcd.domain.spec import Trainer
 from mlcd.errors import StageFailed
-from mlcd.processes import free_port, kill_group, kill_groups
+from mlcd.processes import ADDRESS_IN_USE, free_port, kill_group, kill_groups
 
 TAIL_LINES = 20
 #: Longest line read at once: a trainer printing without newlines cannot grow memory.
 MAX_LINE = 16 * 1024
 MAX_METRICS_FILE = 16 * 1024 * 1024
+#: Starts of one invocation when its rendezvous port turns out taken.
+PORT_ATTEMPTS = 3
 
 
 @dataclass
@@ -161,26 +163,49 @@ def run_trainer(
     threads: int = 1,
     cancel: threading.Event | None = None,
 ) -> TrainerRun:
-    """Runs one trainer invocation to the end and collects what it reported."""
-    argv = command_line(trainer, args, workers)
-    full_env = {
-        **os.environ,
-        **{e.name: e.value for e in trainer.env},
-        **env,
-        "PATH": _tool_path(),
-        "PYTHONUNBUFFERED": "1",
-        "OMP_NUM_THREADS": str(threads),
-        "MKL_NUM_THREADS": str(threads),
-    }
-    if workers <= 1:
-        full_env.update(
-            RANK="0",
-            LOCAL_RANK="0",
-            WORLD_SIZE="1",
-            MASTER_ADDR="127.0.0.1",
-            MASTER_PORT=str(free_port()),
-        )
-    metrics_file = env.get("MLCD_METRICS_FILE")
+    """Runs one trainer invocation to the end and collects what it reported.
+
+    The rendezvous port (torchrun's, or MASTER_PORT) is picked free but bound by the trainer
+    later: when another process took it meanwhile, the invocation starts again on another."""
+    for attempt in range(1, PORT_ATTEMPTS + 1):
+        argv = command_line(trainer, args, workers)
+        full_env = {
+            **os.environ,
+            **{e.name: e.value for e in trainer.env},
+            **env,
+            "PATH": _tool_path(),
+            "PYTHONUNBUFFERED": "1",
+            "OMP_NUM_THREADS": str(threads),
+            "MKL_NUM_THREADS": str(threads),
+        }
+        if workers <= 1:
+            full_env.update(
+                RANK="0",
+                LOCAL_RANK="0",
+                WORLD_SIZE="1",
+                MASTER_ADDR="127.0.0.1",
+                MASTER_PORT=str(free_port()),
+            )
+        result = _invoke(trainer, argv, full_env, log_path, groups, timeout, cancel)
+        taken = any(ADDRESS_IN_USE.search(line) for line in result.stderr_tail)
+        if result.ok or result.cancelled or result.timed_out or not taken:
+            return result
+        if attempt < PORT_ATTEMPTS:
+            with log_path.open("a") as log:
+                log.write("(mlcd) its port was taken by another process: starting it again\n")
+    return result
+
+
+def _invoke(
+    trainer: Trainer,
+    argv: list[str],
+    full_env: dict[str, str],
+    log_path: pathlib.Path,
+    groups: ProcessGroups,
+    timeout: float,
+    cancel: threading.Event | None,
+) -> TrainerRun:
+    metrics_file = full_env.get("MLCD_METRICS_FILE")
     log_path.parent.mkdir(parents=True, exist_ok=True)
     collector = trainer.metrics_collector
     # Only a tail of each stream and the parsed metrics stay in memory; the log has it all.

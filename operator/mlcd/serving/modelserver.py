@@ -4,7 +4,8 @@ Run as ``python -m mlcd.serving.modelserver``, configured by environment variabl
 KServe's own argument parser, which reads ``sys.argv`` at import time, sees nothing of ours:
 
 ``MLCD_SERVING_MODEL`` model name · ``MLCD_SERVING_POINTER`` JSON file naming the version to
-serve (``{"version", "path", "sha256"}``) · ``MLCD_SERVING_PORT`` · ``MLCD_SERVING_HOST``.
+serve (``{"version", "path", "sha256"}``) · ``MLCD_SERVING_PORT`` · ``MLCD_SERVING_HOST`` ·
+``MLCD_SERVING_FD``, a listening socket bound by the starter, served on instead of binding.
 
 ``POST /v2/repository/models/<name>/load`` (Triton's repository extension) re-reads the
 pointer and swaps the model in without dropping a request; a version whose sha256 does not
@@ -42,8 +43,10 @@ _NUMPY = {
 }
 
 
-def _bind_loopback(host: str) -> None:
-    """KServe's REST server binds every interface; a laptop should serve on loopback only."""
+def _listen(host: str, fd: int | None) -> None:
+    """KServe's REST server binds every interface; a laptop should serve on loopback only.
+    With ``fd``, it serves on the socket the starter bound and handed over (no other process
+    can take its port in between)."""
     from kserve.protocol.rest import server as rest_server
 
     original = rest_server.uvicorn.Config
@@ -51,6 +54,8 @@ def _bind_loopback(host: str) -> None:
     class Config(original):  # type: ignore[misc, valid-type]
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             kwargs["host"] = host
+            if fd is not None:
+                kwargs["fd"] = fd
             super().__init__(*args, **kwargs)
 
     rest_server.uvicorn.Config = Config
@@ -156,7 +161,8 @@ def main() -> int:
     name = os.environ["MLCD_SERVING_MODEL"]
     pointer = pathlib.Path(os.environ["MLCD_SERVING_POINTER"])
     port = int(os.environ.get("MLCD_SERVING_PORT", "8080"))
-    _bind_loopback(os.environ.get("MLCD_SERVING_HOST", "127.0.0.1"))
+    fd = os.environ.get("MLCD_SERVING_FD")
+    _listen(os.environ.get("MLCD_SERVING_HOST", "127.0.0.1"), int(fd) if fd else None)
     import kserve
     import onnxruntime  # noqa: F401 - loaded now, while there may be nothing to serve yet
 
