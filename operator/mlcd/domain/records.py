@@ -6,8 +6,9 @@ from typing import Literal
 
 from pydantic import Field
 
+from mlcd.domain.bounds import Identity, Line, Name, Sha256, Short, Text, Time, Uri
 from mlcd.domain.numbers import Metric
-from mlcd.domain.spec import Model
+from mlcd.domain.spec import MAX_CLASSES, MAX_METRIC_NAME, Model
 
 RunResult = Literal["running", "promoted", "rejected", "failed"]
 Stage = Literal["validate", "tune", "train", "evaluate", "gate", "export", "serve", "done"]
@@ -17,16 +18,16 @@ STAGES: tuple[Stage, ...] = ("validate", "tune", "train", "evaluate", "gate", "e
 class GateCheck(Model):
     """One check of the gate, with its numbers."""
 
-    name: str = Field(description="min, max or baseline.")
+    name: Short = Field(description="min, max or baseline.")
     passed: bool = Field(description="Whether the check passed.")
-    detail: str = Field(description="The comparison, e.g. accuracy 0.981 >= min 0.97.")
+    detail: Line = Field(description="The comparison, e.g. accuracy 0.981 >= min 0.97.")
 
 
 class GateVerdict(Model):
     """The gate's decision and every number behind it."""
 
     passed: bool = Field(description="Whether the model may replace the serving one.")
-    metric: str = Field(description="The gate's metric.")
+    metric: str = Field(max_length=MAX_METRIC_NAME, description="The gate's metric.")
     value: Metric | None = Field(
         default=None, description="The candidate's value of it (null: not a finite number)."
     )
@@ -38,23 +39,27 @@ class GateVerdict(Model):
     baseline_value: Metric | None = Field(
         default=None, description="The serving model's value of the metric."
     )
-    baseline_version: str | None = Field(default=None, description="The version that was serving.")
+    baseline_version: Short | None = Field(
+        default=None, description="The version that was serving."
+    )
     max_regression: float | None = Field(
         default=None, description="How much worse than the serving model was accepted."
     )
     regression: Metric | None = Field(
         default=None, description="How much worse than the serving model the candidate is."
     )
-    reason: str = Field(description="The decision in one line.")
-    checks: list[GateCheck] = Field(default_factory=list, description="Every check made.")
+    reason: Text = Field(description="The decision in one line.")
+    checks: list[GateCheck] = Field(
+        default_factory=list, max_length=8, description="Every check made."
+    )
 
 
 class ModelRef(Model):
     """An exported model in the model repository."""
 
-    uri: str = Field(description="Where the ONNX model is.")
-    version: str = Field(description="Its version.")
-    sha256: str = Field(description="Its SHA-256 digest.")
+    uri: Uri = Field(description="Where the ONNX model is.")
+    version: Short = Field(description="Its version.")
+    sha256: Sha256 = Field(description="Its SHA-256 digest.")
 
 
 class TrialRecord(Model):
@@ -71,28 +76,32 @@ class DataReport(Model):
 
     ok: bool = Field(description="Whether the data may be trained on.")
     samples: int = Field(default=0, description="Number of samples.")
-    class_counts: list[int] = Field(default_factory=list, description="Samples per class.")
-    problems: list[str] = Field(default_factory=list, description="What is wrong with it.")
+    class_counts: list[int] = Field(
+        default_factory=list, max_length=MAX_CLASSES, description="Samples per class."
+    )
+    problems: list[Line] = Field(
+        default_factory=list, max_length=32, description="What is wrong with it."
+    )
     drift: dict[str, Metric] = Field(
         default_factory=dict,
         description="feature-psi and label-psi against the serving model's data.",
     )
-    sha256: str | None = Field(default=None, description="SHA-256 digest of the data.")
-    version: str | None = Field(default=None, description="The data's version or ETag.")
+    sha256: Sha256 | None = Field(default=None, description="SHA-256 digest of the data.")
+    version: Identity | None = Field(default=None, description="The data's version or ETag.")
 
 
 class RunRecord(Model):
     """One run: what started it, what it found and what was decided."""
 
-    id: str = Field(description="The run's id.")
-    trigger: str = Field(default="manual", description="schedule, new-data or manual.")
+    id: Name = Field(description="The run's id.")
+    trigger: Short = Field(default="manual", description="schedule, new-data or manual.")
     result: RunResult = Field(
         default="running", description="running, promoted, rejected (by the gate) or failed."
     )
     stage: Stage = Field(default="validate", description="The last stage it reached.")
-    reason: str | None = Field(default=None, description="Why it failed or was rejected.")
-    started_at: str | None = Field(default=None, description="When it started (RFC 3339).")
-    finished_at: str | None = Field(default=None, description="When it ended (RFC 3339).")
+    reason: Text | None = Field(default=None, description="Why it failed or was rejected.")
+    started_at: Time | None = Field(default=None, description="When it started (RFC 3339).")
+    finished_at: Time | None = Field(default=None, description="When it ended (RFC 3339).")
     params: dict[str, str | float | int] = Field(
         default_factory=dict, description="The hyperparameters trained with."
     )
@@ -109,12 +118,12 @@ class RunRecord(Model):
 class ServingRecord(Model):
     """What is served now: a version that passed its gate, verified by its sha256."""
 
-    model: str = Field(description="The model's name.")
-    version: str = Field(description="The version serving.")
-    uri: str = Field(description="Where the ONNX model is.")
-    sha256: str = Field(description="Its SHA-256 digest, checked before serving.")
-    url: str | None = Field(default=None, description="Where it answers predictions.")
-    run: str | None = Field(default=None, description="The run that produced it.")
+    model: Name = Field(description="The model's name.")
+    version: Short = Field(description="The version serving.")
+    uri: Uri = Field(description="Where the ONNX model is.")
+    sha256: Sha256 = Field(description="Its SHA-256 digest, checked before serving.")
+    url: Uri | None = Field(default=None, description="Where it answers predictions.")
+    run: Name | None = Field(default=None, description="The run that produced it.")
     metrics: dict[str, Metric] = Field(
         default_factory=dict, description="Its evaluation's metrics (null: not a finite number)."
     )

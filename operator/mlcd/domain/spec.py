@@ -25,6 +25,10 @@ DURATION = r"^[0-9]+(ms|s|m|h)$"
 MAX_URI = 2048
 MAX_METRIC_NAME = 128
 MAX_ARGS = 256
+MAX_ARG = 4096
+MAX_DURATION = 32
+MAX_CLASSES = 100_000
+MAX_HISTORY = 100
 
 #: Metrics the evaluate stage computes for every classifier, whatever the trainer prints.
 EVALUATION_METRICS = (
@@ -45,7 +49,11 @@ class Model(BaseModel):
     )
 
 
-Duration = Annotated[str, Field(pattern=DURATION, description="A duration: 30s, 5m, 2h, 500ms.")]
+Duration = Annotated[
+    str,
+    Field(pattern=DURATION, max_length=MAX_DURATION, description="A duration: 30s, 5m, 2h, 500ms."),
+]
+Arg = Annotated[str, Field(max_length=MAX_ARG)]
 MetricName = Annotated[str, Field(pattern=METRIC_NAME, max_length=MAX_METRIC_NAME)]
 
 
@@ -88,7 +96,9 @@ class DatasetSchema(Model):
     feature_shape: list[Annotated[int, Field(ge=1)]] = Field(
         min_length=1, max_length=8, description="Shape of one sample's features, e.g. [1, 28, 28]."
     )
-    num_classes: int = Field(ge=2, description="Labels must be integers in [0, numClasses).")
+    num_classes: int = Field(
+        ge=2, le=MAX_CLASSES, description="Labels must be integers in [0, numClasses)."
+    )
     value_min: float | None = Field(
         allow_inf_nan=False, default=None, description="Smallest allowed feature value."
     )
@@ -145,7 +155,7 @@ class EnvVar(Model):
     name: str = Field(
         pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=256, description="Variable name."
     )
-    value: str = Field(description="Variable value. Use no secrets here.")
+    value: str = Field(max_length=32768, description="Variable value. Use no secrets here.")
 
 
 class MetricsCollector(Model):
@@ -165,11 +175,13 @@ class MetricsCollector(Model):
 class Trainer(Model):
     """The user's code: run as trials, as the distributed job and as evaluation."""
 
-    image: str | None = Field(default=None, description="Container image (cluster engines).")
-    command: list[str] = Field(
+    image: str | None = Field(
+        default=None, max_length=1024, description="Container image (cluster engines)."
+    )
+    command: list[Arg] = Field(
         min_length=1, max_length=MAX_ARGS, description="Command run in every stage."
     )
-    args: list[str] = Field(
+    args: list[Arg] = Field(
         default_factory=list, max_length=MAX_ARGS, description="Arguments for every stage."
     )
     workers: int = Field(default=1, ge=1, le=64, description="World size of the training job.")
@@ -261,7 +273,7 @@ class Tuning(Model):
     parameters: list[Parameter] = Field(
         min_length=1, max_length=50, description="The search space; names are unique."
     )
-    trial_args: list[str] = Field(
+    trial_args: list[Arg] = Field(
         default_factory=list,
         max_length=MAX_ARGS,
         description="Extra arguments for trials only (e.g. fewer epochs).",
@@ -442,7 +454,7 @@ class ModelPipelineSpec(Model):
         default=None, description="Model repository root; default the local state directory."
     )
     history_limit: int = Field(
-        default=10, ge=1, le=100, description="Finished runs kept in status."
+        default=10, ge=1, le=MAX_HISTORY, description="Finished runs kept in status."
     )
 
 

@@ -6,11 +6,14 @@ from typing import Literal
 
 from pydantic import Field
 
+from mlcd.domain.bounds import Identity, Name, Short, Time, Value
 from mlcd.domain.records import RunRecord, ServingRecord, Stage
-from mlcd.domain.spec import Model
+from mlcd.domain.spec import MAX_HISTORY, Model
 
 Phase = Literal["Pending", "Running", "Ready", "Failed", "Invalid", "Suspended"]
 ConditionType = Literal["Ready", "Training", "Gated", "Degraded", "SpecValid"]
+MAX_CONDITIONS = 16
+MAX_ACTIVE_RUNS = 100
 
 
 class Condition(Model):
@@ -24,7 +27,7 @@ class Condition(Model):
         description="Why, in one CamelCase word (e.g. GatePassed, InvalidSpec).",
     )
     message: str = Field(default="", max_length=32768, description="Why, for a person.")
-    last_transition_time: str | None = Field(
+    last_transition_time: Time | None = Field(
         default=None, description="When status last changed (RFC 3339)."
     )
     observed_generation: int | None = Field(
@@ -35,12 +38,12 @@ class Condition(Model):
 class CurrentRun(Model):
     """The run in progress: enough to find it again after a restart."""
 
-    id: str = Field(description="The run's id, derived from its trigger.")
-    trigger: str = Field(description="What started it: schedule, new-data or manual.")
+    id: Name = Field(description="The run's id, derived from its trigger.")
+    trigger: Short = Field(description="What started it: schedule, new-data or manual.")
     stage: Stage = Field(default="validate", description="The stage it is at.")
-    started_at: str = Field(description="When it started (RFC 3339).")
+    started_at: Time = Field(description="When it started (RFC 3339).")
     attempt: int = Field(default=1, ge=1, description="Attempt number of this run.")
-    engine: str = Field(default="local", description="The engine running it.")
+    engine: Short = Field(default="local", description="The engine running it.")
 
 
 class ModelPipelineStatus(Model):
@@ -55,25 +58,31 @@ class ModelPipelineStatus(Model):
         default=None, description="The generation of the spec the operator last acted on."
     )
     conditions: list[Condition] = Field(
-        default_factory=list, description="Ready, Training, Gated, Degraded and SpecValid."
+        default_factory=list,
+        max_length=MAX_CONDITIONS,
+        description="Ready, Training, Gated, Degraded and SpecValid.",
     )
-    last_schedule_time: str | None = Field(
+    last_schedule_time: Time | None = Field(
         default=None, description="The last time a scheduled run was due (CronJob's meaning)."
     )
-    next_schedule_time: str | None = Field(
+    next_schedule_time: Time | None = Field(
         default=None, description="When the schedule next starts a run (RFC 3339, UTC)."
     )
     active_runs: list[CurrentRun] = Field(
-        default_factory=list, description="Runs in progress (more than one only with Allow)."
+        default_factory=list,
+        max_length=MAX_ACTIVE_RUNS,
+        description="Runs in progress (more than one only with Allow).",
     )
-    runs: list[RunRecord] = Field(default_factory=list, description="The last historyLimit runs.")
+    runs: list[RunRecord] = Field(
+        default_factory=list, max_length=MAX_HISTORY, description="The last historyLimit runs."
+    )
     serving: ServingRecord | None = Field(default=None, description="The model now serving.")
-    last_metric: str | None = Field(
+    last_metric: Identity | None = Field(
         default=None, description="The gate metric of the last finished run, e.g. accuracy=0.977."
     )
-    dataset_version: str | None = Field(
+    dataset_version: Identity | None = Field(
         default=None, description="Identity of the data the last run used (version, ETag, hash)."
     )
-    handled_trigger: str | None = Field(
+    handled_trigger: Value | None = Field(
         default=None, description="The last on-demand trigger annotation value acted on."
     )

@@ -37,6 +37,7 @@ from mlcd.domain.spec import (
     EVALUATION_METRICS,
     KIND,
     DatasetSchema,
+    Evaluation,
     Gate,
     ModelPipeline,
     ModelPipelineSpec,
@@ -44,6 +45,7 @@ from mlcd.domain.spec import (
     Rollout,
     RolloutMetric,
     StorageLocation,
+    Trainer,
     Tuning,
 )
 from mlcd.domain.status import ModelPipelineStatus
@@ -246,14 +248,23 @@ RULES: dict[tuple[type[BaseModel], str | None], list[Rule]] = {
     (RolloutMetric, None): [Rule("has(self.min) || has(self.max)", message="needs min or max")],
 }
 
-#: Extensions on one field: list semantics (duplicates refused, merges by key in apply).
+
+def _map(*keys: str) -> dict[str, Any]:
+    return {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": list(keys)}
+
+
+_SET = {"x-kubernetes-list-type": "set"}
+
+#: List semantics of one field: ``map`` (items keyed, duplicates refused, server-side apply
+#: merges by key) or ``set`` (unique scalars). Every other list is ``atomic``: replaced whole.
 LIST_TYPES: dict[tuple[type[BaseModel], str], dict[str, Any]] = {
-    (Tuning, "parameters"): {
-        "x-kubernetes-list-type": "map",
-        "x-kubernetes-list-map-keys": ["name"],
-    },
-    (Parameter, "values"): {"x-kubernetes-list-type": "set"},
-    (Rollout, "steps"): {"x-kubernetes-list-type": "set"},
+    (Tuning, "parameters"): _map("name"),
+    (Parameter, "values"): _SET,
+    (Rollout, "steps"): _SET,
+    (Rollout, "metrics"): _map("name"),
+    (Trainer, "env"): _map("name"),
+    (Evaluation, "extraMetrics"): _SET,
+    (ModelPipelineStatus, "conditions"): _map("type"),
 }
 
 _KEY_ORDER = (
@@ -397,6 +408,8 @@ class _Structural:
                 converted = self.convert(prop)
                 rules, extensions = self._extras(owner, name)
                 converted.update(extensions)
+                if converted.get("type") == "array":
+                    converted.setdefault("x-kubernetes-list-type", "atomic")
                 if rules:
                     converted["x-kubernetes-validations"] = [r.as_dict() for r in rules]
                 out["properties"][name] = converted
