@@ -4,13 +4,13 @@ itself later is picked again when another process took it first."""
 from __future__ import annotations
 
 import json
-import pathlib
 import socket
 import sys
 
 import httpx
 import pytest
 
+from helpers import softmax_model
 from mlcd.domain.spec import Trainer
 from mlcd.errors import StageFailed
 from mlcd.pipeline import trainer as trainer_module
@@ -74,23 +74,9 @@ def test_a_trainer_failing_for_another_reason_is_not_started_again(tmp_path) -> 
     assert log.read_text().count("$ ") == 1
 
 
-def _model(tmp_path: pathlib.Path) -> pathlib.Path:
-    sys.path.insert(0, str(pathlib.Path(__file__).parents[1] / "trainers"))
-    import numpy as np
-    from softmax_trainer import export
-
-    folder = tmp_path / "model"
-    folder.mkdir()
-    export(np.zeros((4, 3), np.float32), np.zeros(3, np.float32), (4,), folder)
-    return folder
-
-
 def test_the_model_server_serves_on_the_socket_handed_to_it(tmp_path) -> None:
-    from mlcd.artifacts.hashing import sha256_file
-    from mlcd.domain.records import ModelRef
-
-    folder = _model(tmp_path)
-    ref = ModelRef(uri=folder.as_uri(), version="1", sha256=sha256_file(folder / "model.onnx"))
+    folder = tmp_path / "model"
+    ref = softmax_model(folder)
     serving = LocalServing(tmp_path / "home", port=0)
     try:
         url = serving.serve("m", ref, folder)

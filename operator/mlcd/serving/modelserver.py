@@ -43,6 +43,32 @@ _NUMPY = {
 }
 
 
+def _dims(shape: Any) -> list[int]:
+    """An ONNX shape as the V2 protocol writes it: a dynamic dimension is -1."""
+    return [d if isinstance(d, int) else -1 for d in shape]
+
+
+def tensor_problem(
+    name: str,
+    expected_shape: list[int],
+    expected_type: str,
+    shape: list[int],
+    datatype: str | None,
+) -> str | None:
+    """Why a request's tensor does not fit the model's input, naming the input, the shape and
+    datatype expected and those received; None if it fits. ``datatype`` None: V1's JSON
+    numbers, converted to the input's type."""
+    fits = len(shape) == len(expected_shape) and all(
+        e == -1 or e == g for e, g in zip(expected_shape, shape, strict=True)
+    )
+    if fits and datatype in (None, expected_type):
+        return None
+    return (
+        f"input {name!r}: expected shape {expected_shape} {expected_type}, "
+        f"received shape {shape} {datatype or '(JSON numbers)'}"
+    )
+
+
 def _listen(host: str, fd: int | None) -> None:
     """KServe's REST server binds every interface; a laptop should serve on loopback only.
     With ``fd``, it serves on the socket the starter bound and handed over (no other process
@@ -64,6 +90,7 @@ def _listen(host: str, fd: int | None) -> None:
 def build(name: str, pointer: pathlib.Path) -> Any:
     import kserve
     import onnxruntime as ort
+    from kserve.errors import InferenceError, InvalidInput
     from kserve.model_repository import ModelRepository
 
     from mlcd.artifacts.hashing import sha256_file
@@ -93,10 +120,27 @@ def build(name: str, pointer: pathlib.Path) -> Any:
                 {
                     "name": t.name,
                     "datatype": _ONNX_TO_V2.get(t.type, t.type),
-                    "shape": [d if isinstance(d, int) else -1 for d in t.shape],
+                    "shape": _dims(t.shape),
                 }
                 for t in tensors
             ]
+
+        def _feed(self, meta: Any, array: Any, datatype: str | None) -> Any:
+            """The request's tensor for input ``meta``, checked against it: a client's mistake
+            is InvalidInput (HTTP 400), never onnxruntime's error (500)."""
+            expected = _ONNX_TO_V2.get(meta.type, meta.type)
+            problem = tensor_problem(
+                meta.name, _dims(meta.shape), expected, list(array.shape), datatype
+            )
+            if problem is not None:
+                raise InvalidInput(problem)
+            return array.astype(_NUMPY.get(expected, np.float32), copy=False)
+
+        def _run(self, feeds: dict[str, Any]) -> Any:
+            try:
+                return self.session.run(None, feeds)
+            except Exception as exc:  # checked inputs: what fails now is the server's
+                raise InferenceError(f"onnxruntime failed: {exc}") from exc
 
         def get_input_types(self) -> list[dict[str, Any]]:
             return self._types(self.session.get_inputs())
@@ -107,17 +151,40 @@ def build(name: str, pointer: pathlib.Path) -> Any:
         async def predict(
             self, payload: Any, headers: Any = None, response_headers: Any = None
         ) -> Any:
-            inputs = self.session.get_inputs()
-            first = inputs[0]
-            wanted = _NUMPY.get(_ONNX_TO_V2.get(first.type, ""), np.float32)
+            inputs = {meta.name: meta for meta in self.session.get_inputs()}
+            first = next(iter(inputs.values()))
             if isinstance(payload, dict):  # V1: {"instances": [...]}
-                batch: Any = np.asarray(payload["instances"], dtype=wanted)
-                outputs = self.session.run(None, {first.name: batch})
+                if not isinstance(payload.get("instances"), list):
+                    raise InvalidInput('a V1 request is {"instances": [...]}')
+                try:
+                    batch: Any = np.asarray(payload["instances"], dtype=np.float64)
+                except (ValueError, TypeError) as exc:
+                    raise InvalidInput(
+                        f"input {first.name!r}: instances do not form a tensor of numbers "
+                        f"(expected shape {_dims(first.shape)}): {exc}"
+                    ) from exc
+                outputs = self._run({first.name: self._feed(first, batch, None)})
                 return {"predictions": outputs[0].tolist()}
             feeds = {}
             for tensor in payload.inputs:
-                feeds[tensor.name] = tensor.as_numpy().astype(wanted, copy=False)
-            results = self.session.run(None, feeds)
+                meta = inputs.get(tensor.name)
+                if meta is None:
+                    raise InvalidInput(
+                        f"input {tensor.name!r} is not an input of {self.name}; "
+                        f"its inputs: {', '.join(inputs)}"
+                    )
+                try:
+                    array = tensor.as_numpy()
+                except (ValueError, TypeError) as exc:
+                    raise InvalidInput(
+                        f"input {tensor.name!r}: its values do not fill shape "
+                        f"{list(tensor.shape)} {tensor.datatype}: {exc}"
+                    ) from exc
+                feeds[tensor.name] = self._feed(meta, array, tensor.datatype)
+            missing = [n for n in inputs if n not in feeds]
+            if missing:
+                raise InvalidInput(f"inputs {missing} missing; expected {list(inputs)}")
+            results = self._run(feeds)
             outs = [
                 kserve.InferOutput(
                     name=meta.name,
@@ -157,6 +224,24 @@ def build(name: str, pointer: pathlib.Path) -> Any:
     return repository
 
 
+def _triton_metadata(dataplane: Any, repository: Any) -> None:
+    """V2 model metadata as a Triton client expects it of an ONNX model: KServe's data plane
+    leaves ``platform`` empty and ``versions`` out; the REST endpoints read this instance."""
+    plain = dataplane.model_metadata
+
+    async def model_metadata(model_name: str) -> dict[str, Any]:
+        metadata: dict[str, Any] = await plain(model_name)
+        model = repository.get_model(model_name)
+        version = getattr(model, "version", None)
+        return {
+            **metadata,
+            "platform": "onnxruntime_onnx",
+            **({"versions": [str(version)]} if version is not None else {}),
+        }
+
+    dataplane.model_metadata = model_metadata
+
+
 def main() -> int:
     name = os.environ["MLCD_SERVING_MODEL"]
     pointer = pathlib.Path(os.environ["MLCD_SERVING_POINTER"])
@@ -174,6 +259,7 @@ def main() -> int:
     server = kserve.ModelServer(
         http_port=port, enable_grpc=False, registered_models=repository, workers=1
     )
+    _triton_metadata(server.dataplane, repository)
     server.start([repository.get_model(name)])
     return 0
 
