@@ -45,7 +45,11 @@ ALGORITHMS = ("random", "grid", "tpe", "multivariate-tpe", "cmaes", "sobol", "ba
 
 class Model(BaseModel):
     model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        frozen=True,
+        defer_build=True,
     )
 
 
