@@ -156,3 +156,15 @@ def softmax_model(folder: pathlib.Path, features: int = 4, classes: int = 3) -> 
     weights = np.arange(features * classes, dtype=np.float32).reshape(features, classes)
     export(weights, np.zeros(classes, np.float32), (features,), folder)
     return ModelRef(uri=folder.as_uri(), version="1", sha256=sha256_file(folder / "model.onnx"))
+
+
+def run_python_trainer(folder: pathlib.Path, code: str, timeout: float = 120) -> Any:
+    """Runs ``python -c code`` as a trainer through run_trainer; returns (TrainerRun, log)."""
+    from mlcd.domain.spec import Trainer
+    from mlcd.pipeline.trainer import ProcessGroups, run_trainer
+
+    trainer = Trainer.model_validate({"command": [sys.executable, "-c", code]})
+    log = folder / "trainer.log"
+    groups = ProcessGroups(folder / "procs")
+    result = run_trainer(trainer, args=[], env={}, log_path=log, groups=groups, timeout=timeout)
+    return result, log

@@ -46,6 +46,7 @@ MOMENTS: dict[str, Callable[[pathlib.Path], bool]] = {
     "validating": _event("stage-start", stage="validate"),
     "tuning starts": _event("stage-start", stage="tune"),
     "a trial runs": _event("trial-start"),
+    "two trials run": lambda home: sum(e["kind"] == "trial-start" for e in _events(home)) == 2,
     "between trials": _event("trial-end"),
     "training": _event("train-start"),
     "evaluating (the model server starts)": _event("stage-start", stage="evaluate"),
@@ -77,7 +78,10 @@ def _ignore_sigint() -> None:
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_at_any_moment_stops_everything(home, digits, tmp_path, signum, moment):
     resource = softmax_pipeline(str(digits))
-    resource["spec"]["tuning"].update(parallelTrials=1, trialArgs=["--epochs=4", "--sleep=0.2"])
+    # Three trials, two at a time: a moment with both running, one between trials.
+    resource["spec"]["tuning"].update(
+        maxTrials=3, parallelTrials=2, trialArgs=["--epochs=4", "--sleep=0.3"]
+    )
     resource["spec"]["trainer"]["args"] = ["--epochs=10", "--sleep=0.1"]
     spec = write_spec(tmp_path / "mp.yaml", resource)
     cli = subprocess.Popen(

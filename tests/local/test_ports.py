@@ -5,16 +5,13 @@ from __future__ import annotations
 
 import json
 import socket
-import sys
 
 import httpx
 import pytest
 
-from helpers import softmax_model
-from mlcd.domain.spec import Trainer
+from helpers import run_python_trainer, softmax_model
 from mlcd.errors import StageFailed
 from mlcd.pipeline import trainer as trainer_module
-from mlcd.pipeline.trainer import ProcessGroups, run_trainer
 from mlcd.processes import free_port
 from mlcd.serving.local import LocalServing
 
@@ -46,16 +43,7 @@ def test_a_trainer_whose_port_was_taken_starts_again_on_another(tmp_path, monkey
             return port
 
         monkeypatch.setattr(trainer_module, "free_port", racing_free_port)
-        trainer = Trainer.model_validate({"command": [sys.executable, "-c", BINDS_MASTER_PORT]})
-        log = tmp_path / "trial.log"
-        result = run_trainer(
-            trainer,
-            args=[],
-            env={},
-            log_path=log,
-            groups=ProcessGroups(tmp_path / "procs"),
-            timeout=120,
-        )
+        result, log = run_python_trainer(tmp_path, BINDS_MASTER_PORT)
     assert result.ok, result.failure()
     assert result.metrics.latest() == {"accuracy": 0.9}
     assert handed[0] == taken and len(handed) == 2
@@ -63,13 +51,7 @@ def test_a_trainer_whose_port_was_taken_starts_again_on_another(tmp_path, monkey
 
 
 def test_a_trainer_failing_for_another_reason_is_not_started_again(tmp_path) -> None:
-    trainer = Trainer.model_validate(
-        {"command": [sys.executable, "-c", "raise SystemExit('model diverged')"]}
-    )
-    log = tmp_path / "trial.log"
-    result = run_trainer(
-        trainer, args=[], env={}, log_path=log, groups=ProcessGroups(tmp_path), timeout=60
-    )
+    result, log = run_python_trainer(tmp_path, "raise SystemExit('model diverged')")
     assert not result.ok and "model diverged" in result.failure()
     assert log.read_text().count("$ ") == 1
 

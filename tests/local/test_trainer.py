@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from helpers import run_python_trainer
 from mlcd.domain.metrics_text import MAX_POINTS
 from mlcd.domain.spec import Trainer
 from mlcd.pipeline.trainer import MAX_LINE, TAIL_LINES, ProcessGroups, run_trainer
@@ -24,16 +25,7 @@ print("done on stderr", file=sys.stderr)
 
 
 def test_a_chatty_trainer_leaves_a_bounded_tail_and_its_metrics(tmp_path: pathlib.Path) -> None:
-    trainer = Trainer.model_validate({"command": [sys.executable, "-c", CHATTY]})
-    log = tmp_path / "trial.log"
-    result = run_trainer(
-        trainer,
-        args=[],
-        env={},
-        log_path=log,
-        groups=ProcessGroups(tmp_path / "procs"),
-        timeout=300,
-    )
+    result, log = run_python_trainer(tmp_path, CHATTY, timeout=300)
     assert result.ok, result.failure()
     assert len(result.stdout_tail) <= 2 * TAIL_LINES
     assert all(len(line) <= MAX_LINE for line in result.stdout_tail)
