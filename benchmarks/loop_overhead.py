@@ -192,7 +192,7 @@ def run_mlcd(home: pathlib.Path, data: pathlib.Path, sets: list[str]) -> dict:
         "beside_trainers": rss.beside_trainers,
         "trainer_seconds": rss.trainer_seconds,
         "phases": phases(run_dir, started_at, ended_at),
-        "tune_search": tune.get("searchSeconds"),
+        "trial_seconds": sum(float(t.get("seconds") or 0) for t in tune["trials"]),
     }
 
 
@@ -251,6 +251,8 @@ def bare_loop(
     ]
     threads = max(1, cpus // tuning.parallel_trials)
     running: list[subprocess.Popen] = []
+    began: dict[int, float] = {}
+    trial_seconds = 0.0  # each trial process's own wall time, summed
     while pending or running:
         while pending and len(running) < tuning.parallel_trials:
             running.append(
@@ -266,10 +268,14 @@ def bare_loop(
                     ),
                 )
             )
+            began[running[-1].pid] = time.monotonic()
         while all(p.poll() is None for p in running):  # a slot frees when any trial ends
             time.sleep(0.05)
+        for p in running:
+            if p.poll() is not None:
+                trial_seconds += time.monotonic() - began[p.pid]
         running = [p for p in running if p.poll() is None]
-    spent = {"tune": time.monotonic() - started}
+    spent = {"tune": time.monotonic() - started, "trials": trial_seconds}
     best = max((t for t in trials if t["value"] is not None), key=lambda t: t["value"])
     model_dir = work / "model"
     workers = spec.trainer.workers
@@ -294,7 +300,7 @@ def bare_loop(
             MLCD_MODEL_DIR=str(model_dir),
         ),
     )
-    spent["train"] = time.monotonic() - started - sum(spent.values())
+    spent["train"] = time.monotonic() - started - spent["tune"]
     subprocess.run(
         base,
         check=True,
@@ -311,7 +317,7 @@ def bare_loop(
     session = ort.InferenceSession(str(model_dir / "model.onnx"))
     outputs = session.run(None, {"input": x[holdout].astype(np.float32)})[0]
     accuracy = float((outputs.argmax(1) == y[holdout]).mean())
-    spent["evaluate"] = time.monotonic() - started - sum(spent.values())
+    spent["evaluate"] = time.monotonic() - started - spent["tune"] - spent["train"]
     print(f"  bare script holdout accuracy {accuracy:.4f}")
     return time.monotonic() - started, spent
 
@@ -326,7 +332,7 @@ def where_it_went(measured: dict, bare: float, bare_spent: dict[str, float]) -> 
         ("start (command to 1st stage)", spent.get("start"), None),
         ("validate", spent.get("validate"), None),
         ("tune (bare: with the split)", spent.get("tune"), bare_spent.get("tune")),
-        ("  of it the search", measured.get("tune_search"), None),
+        ("  trial processes (summed)", measured.get("trial_seconds"), bare_spent.get("trials")),
         ("train", spent.get("train"), bare_spent.get("train")),
         ("evaluate", spent.get("evaluate"), bare_spent.get("evaluate")),
         ("gate + export", (spent.get("gate") or 0) + (spent.get("export") or 0), None),
@@ -361,15 +367,29 @@ def main() -> None:
         data = work / "mnist.npz"
         write(data)
         walls, bares, runs = [], [], []
+        trials: list[dict] = []
         for i in range(args.repeat):
+            # Which side goes first alternates (after the first pair, whose trials the bare
+            # script needs): a machine growing busier or quieter favours neither.
+            first_bare = i % 2 == 1
+            if first_bare:
+                print(f"bare script, same trials and training ({i + 1}/{args.repeat}) ...")
+                (work / f"bare-{i}").mkdir()
+                bare, bare_spent = bare_loop(data, trials, args.sets, work / f"bare-{i}")
             print(f"mlcd run on the example ({i + 1}/{args.repeat}) ...", flush=True)
             measured = run_mlcd(work / f"home-{i}", data, args.sets)
             runs.append(measured)
             walls.append(measured["wall"])
+            if first_bare and [t["params"] for t in trials] != [
+                t["params"] for t in measured["trials"]
+            ]:
+                print("  (note: this run's trials differ from those the bare script ran)")
+            trials = measured["trials"]  # the seeded search gives the same ones each run
             print(f"  {measured['wall']:.1f} s", flush=True)
-            print(f"bare script, same trials and training ({i + 1}/{args.repeat}) ...", flush=True)
-            (work / f"bare-{i}").mkdir()
-            bare, bare_spent = bare_loop(data, measured["trials"], args.sets, work / f"bare-{i}")
+            if not first_bare:
+                print(f"bare script, same trials and training ({i + 1}/{args.repeat}) ...")
+                (work / f"bare-{i}").mkdir()
+                bare, bare_spent = bare_loop(data, trials, args.sets, work / f"bare-{i}")
             bares.append(bare)
             print(f"  {bare:.1f} s   pair ratio {measured['wall'] / bare:.3f}", flush=True)
             where_it_went(measured, bare, bare_spent)
