@@ -30,31 +30,16 @@ PAIRS = {
         "monitoring",
         [],
     ),
-    "cluster-wide on kserve": (
-        DEPLOY / "overlays" / "cluster-wide",
-        [DEPLOY / "components" / "kserve"],
-        "kserve",
-        [],
-    ),
-    "namespaced on kserve": (
-        DEPLOY / "overlays" / "namespaced",
-        [DEPLOY / "components" / "kserve"],
-        "kserve",
-        ["watchNamespaces={team-a}"],
-    ),
-    "cluster-wide with kubeflow": (
-        DEPLOY / "overlays" / "cluster-wide",
-        [DEPLOY / "components" / "kubeflow"],
-        "kubeflow",
-        [],
-    ),
-    "namespaced with kubeflow": (
-        DEPLOY / "overlays" / "namespaced",
-        [DEPLOY / "components" / "kubeflow"],
-        "kubeflow",
-        ["watchNamespaces={team-a}"],
-    ),
 }
+# A serving target's or an engine's component, in each overlay, and the chart's mode of it.
+for _target in ("kserve", "kubeflow"):
+    for _overlay, _sets in (("cluster-wide", []), ("namespaced", ["watchNamespaces={team-a}"])):
+        PAIRS[f"{_overlay} with {_target}"] = (
+            DEPLOY / "overlays" / _overlay,
+            [DEPLOY / "components" / _target],
+            _target,
+            _sets,
+        )
 
 
 def rbac(docs: list[dict[str, Any]]) -> dict[tuple[str, str, str], Any]:

@@ -46,7 +46,7 @@ ROLLOUT = {
     "interval": "3s",
     "minSamples": 10,
     "failureThreshold": 1,
-    "progressDeadline": "60s",
+    "progressDeadline": "3m",
     "metrics": [{"name": "success-rate", "min": 0.99}],
     "traffic": {"rate": 20},
 }
