@@ -96,6 +96,9 @@ def _parser() -> argparse.ArgumentParser:
     op.add_argument(
         "--kserve-runtime", help="ServingRuntime of InferenceServices (MLCD_KSERVE_RUNTIME)"
     )
+    op.add_argument(
+        "--kserve-namespace", help="KServe's namespace, its ConfigMap (MLCD_KSERVE_NAMESPACE)"
+    )
     op.add_argument("--prometheus-url", help="Prometheus for rollouts (MLCD_PROMETHEUS_URL)")
     op.add_argument(
         "--prometheus-targets",
@@ -473,6 +476,7 @@ def cmd_operator(args: argparse.Namespace) -> int:
         "watch_timeout": args.watch_timeout,
         "serving": args.serving,
         "kserve_runtime": args.kserve_runtime,
+        "kserve_namespace": args.kserve_namespace,
         "prometheus_url": args.prometheus_url,
         "prometheus_targets": args.prometheus_targets,
     }
