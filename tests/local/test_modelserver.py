@@ -10,8 +10,11 @@ import httpx
 import pytest
 
 from helpers import softmax_model
+from mlcd.ports import PipelineKey
 from mlcd.serving.local import LocalServing
 from mlcd.serving.modelserver import tensor_problem
+
+KEY = PipelineKey("team-m", "m")
 
 
 @pytest.fixture(scope="module")
@@ -21,9 +24,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     ref = softmax_model(folder)
     serving = LocalServing(root / "home", port=0)
     try:
-        yield serving.serve("m", ref, folder)
+        yield serving.serve(KEY, "m", ref, folder)
     finally:
-        serving.stop("m")
+        serving.stop(KEY)
 
 
 def _v2(url: str, *tensors: dict) -> httpx.Response:

@@ -12,8 +12,11 @@ import pytest
 from helpers import run_python_trainer, softmax_model
 from mlcd.errors import StageFailed
 from mlcd.pipeline import trainer as trainer_module
+from mlcd.ports import PipelineKey
 from mlcd.processes import free_port
 from mlcd.serving.local import LocalServing
+
+KEY = PipelineKey("team-p", "m")
 
 BINDS_MASTER_PORT = """
 import os, socket
@@ -61,16 +64,16 @@ def test_the_model_server_serves_on_the_socket_handed_to_it(tmp_path) -> None:
     ref = softmax_model(folder)
     serving = LocalServing(tmp_path / "home", port=0)
     try:
-        url = serving.serve("m", ref, folder)
+        url = serving.serve(KEY, "m", ref, folder)
         port = int(url.rsplit(":", 1)[1])
-        info = json.loads((tmp_path / "home" / "serving" / "m" / "server.json").read_text())
+        info = json.loads(_server_json(tmp_path).read_text())
         assert info["port"] == port
         assert httpx.get(f"{url}/v2/models/m/ready", timeout=5).status_code == 200
         # The port is held by the server itself: nothing else can bind it.
         with socket.socket() as other, pytest.raises(OSError):
             other.bind(("127.0.0.1", port))
     finally:
-        serving.stop("m")
+        serving.stop(KEY)
 
 
 def test_a_fixed_port_in_use_is_a_clear_error_before_any_server_starts(tmp_path) -> None:
@@ -80,5 +83,9 @@ def test_a_fixed_port_in_use_is_a_clear_error_before_any_server_starts(tmp_path)
         port = squatter.getsockname()[1]
         serving = LocalServing(tmp_path / "home", port=port)
         with pytest.raises(StageFailed, match=f"cannot serve on 127.0.0.1:{port}"):
-            serving.prepare("m")
-    assert not (tmp_path / "home" / "serving" / "m" / "server.json").exists()
+            serving.prepare(KEY, "m")
+    assert not _server_json(tmp_path).exists()
+
+
+def _server_json(tmp_path):
+    return tmp_path / "home" / "serving" / KEY.namespace / KEY.folder / "server.json"
