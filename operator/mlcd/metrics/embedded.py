@@ -52,12 +52,19 @@ class EmbeddedPrometheus:
             return {}
         return data
 
+    def pid(self) -> int | None:
+        """The recorded process, if it is alive (whether or not it answers)."""
+        record = self._record()
+        pid, started = record.get("pid"), record.get("started")
+        if isinstance(pid, int) and alive(pid, started if isinstance(started, int) else None):
+            return pid
+        return None
+
     def url(self) -> str | None:
         """The running Prometheus' address, if it runs and answers."""
-        record = self._record()
-        pid = record.get("pid")
-        if not isinstance(pid, int) or not alive(pid, record.get("started")):  # type: ignore[arg-type]
+        if self.pid() is None:
             return None
+        record = self._record()
         url = str(record["url"])
         with contextlib.suppress(httpx.HTTPError):
             if httpx.get(f"{url}/-/ready", timeout=2.0).status_code == 200:
@@ -70,9 +77,9 @@ class EmbeddedPrometheus:
         if url is not None:
             return url
         old = self._record()
-        pid = old.get("pid")
-        if isinstance(pid, int) and alive(pid, old.get("started")):  # type: ignore[arg-type]
-            kill_group(pid, grace=5.0)  # recorded but not answering
+        stale = self.pid()
+        if stale is not None:
+            kill_group(stale, grace=5.0)  # recorded but not answering
         self.targets_dir.mkdir(parents=True, exist_ok=True)
         port = self.port or int(old.get("port") or 0) or free_port()  # type: ignore[call-overload]
         config = self.folder / "prometheus.yml"
@@ -125,9 +132,8 @@ class EmbeddedPrometheus:
         raise TemporaryError(f"Prometheus did not start:\n{log_text}", delay=5.0)
 
     def stop(self) -> None:
-        record = self._record()
-        pid = record.get("pid")
-        if isinstance(pid, int) and alive(pid, record.get("started")):  # type: ignore[arg-type]
+        pid = self.pid()
+        if pid is not None:
             kill_group(pid, grace=5.0)
         with contextlib.suppress(FileNotFoundError):
             (self.folder / "server.json").unlink()

@@ -341,6 +341,18 @@ class LocalRouter:
         proxy = self.running(key)
         return proxy.url if proxy else None
 
+    def pipelines(self) -> list[PipelineKey]:
+        """The pipelines with a router here (one machine: no uid). A namespace is a DNS label,
+        so the first dot of a folder's name ends it."""
+        root = self.home / "router"
+        if not root.is_dir():
+            return []
+        return [
+            PipelineKey(*folder.name.split(".", 1))
+            for folder in sorted(root.iterdir())
+            if folder.is_dir() and "." in folder.name
+        ]
+
     # -- the process -----------------------------------------------------------------------------
     def _require(self, key: PipelineKey) -> Proxy:
         proxy = self.running(key)
