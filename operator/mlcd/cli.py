@@ -15,7 +15,6 @@ import time
 from typing import Any
 
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
 from mlcd import __version__
@@ -384,6 +383,7 @@ def _print_summary(out: Console, s: dict[str, Any]) -> None:
 def cmd_status(args: argparse.Namespace, out: Console) -> int:
     from mlcd.control.local import StatusFile
     from mlcd.ports import PipelineKey
+    from mlcd.progress import print_rollout
     from mlcd.serving.local import LocalServing
     from mlcd.serving.router.haproxy import LocalRouter
     from mlcd.settings import LocalSettings
@@ -450,34 +450,9 @@ def cmd_status(args: argparse.Namespace, out: Console) -> int:
         else:
             out.print(f"[bold]{row['pipeline']}[/]: nothing served")
         if row["rollout"]:
-            _print_rollout(out, row["rollout"], row["router"])
+            print_rollout(out, row["rollout"], row["router"])
         out.print(table)
     return EXIT_OK
-
-
-def _print_rollout(out: Console, rollout: dict[str, Any], router: dict[str, Any] | None) -> None:
-    """The rollout's phase, its weights (as decided, and as the router has them) and the values
-    of its last analysis."""
-    weights = f"{rollout['canaryWeight']}% to version {rollout['candidate']}"
-    if rollout.get("mirror"):
-        weights += ", mirrored"
-    if router is not None and router["canaryWeight"] != rollout["canaryWeight"]:
-        weights += f" (the router has {router['canaryWeight']}%)"
-    out.print(
-        f"  rollout [bold]{rollout['phase']}[/]: step {rollout['step']}, {weights}, "
-        f"{rollout['failedChecks']} failed check(s); {escape(rollout['reason'])}",
-        highlight=False,
-        soft_wrap=True,
-    )
-    for result in rollout.get("lastAnalysis") or []:
-        value = "no data" if result["value"] is None else f"{result['value']:.4g}"
-        samples = "" if result["samples"] is None else f" ({result['samples']:.0f} requests)"
-        out.print(
-            f"    {result['metric']} = {value}{samples}: {result['verdict']} ({result['reason']})",
-            markup=False,
-            highlight=False,
-            soft_wrap=True,
-        )
 
 
 def cmd_down(args: argparse.Namespace, out: Console) -> int:

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
 from mlcd.domain.records import STAGES
@@ -148,3 +149,34 @@ def follow(
         if finished:
             return
         time.sleep(interval)
+
+
+def print_rollout(
+    out: Console, rollout: dict[str, Any], router: dict[str, Any] | None = None
+) -> None:
+    """A rollout's state (``status.rollout`` as JSON): its phase, its weights (as decided, and
+    as the router has them) and the values of its last analysis."""
+    weight = rollout.get("canaryWeight", 0)
+    weights = f"{weight}% to version {rollout.get('candidate')}"
+    if rollout.get("mirror"):
+        weights += ", mirrored"
+    if router is not None and router.get("canaryWeight") != weight:
+        weights += f" (the router has {router.get('canaryWeight')}%)"
+    out.print(
+        f"  rollout [bold]{rollout.get('phase')}[/]: step {rollout.get('step', 0)}, {weights}, "
+        f"{rollout.get('failedChecks', 0)} failed check(s); {escape(rollout.get('reason', ''))}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    for result in rollout.get("lastAnalysis") or []:
+        value = result.get("value")
+        shown = "no data" if value is None else f"{value:.4g}"
+        samples = result.get("samples")
+        counted = "" if samples is None else f" ({samples:.0f} requests)"
+        out.print(
+            f"    {result.get('metric')} = {shown}{counted}: {result.get('verdict')} "
+            f"({result.get('reason', '')})",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
