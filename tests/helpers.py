@@ -66,6 +66,34 @@ def softmax_pipeline(dataset: str, **spec_overrides: Any) -> dict[str, Any]:
     }
 
 
+#: A short rollout for the tests: two steps of 3 s, judged on the router's built-in metrics,
+#: under replayed traffic.
+ROLLOUT: dict[str, Any] = {
+    "steps": [50, 100],
+    "interval": "3s",
+    "minSamples": 10,
+    "failureThreshold": 1,
+    "progressDeadline": "40s",
+    "metrics": [{"name": "success-rate", "min": 0.99}, {"name": "latency-p99", "max": 1.0}],
+    "traffic": {"rate": 30},
+}
+
+
+def rollout_pipeline(dataset: str, name: str = "digits", **rollout: Any) -> dict[str, Any]:
+    """:func:`softmax_pipeline` rolling each new model out as :data:`ROLLOUT` says, changed as
+    given (a None value drops a field). Without tuning every run trains the same model, so two
+    versions agree on every input (a shadow's disagreement is the injected faults' only), and
+    the gate compares with no serving model (a retrained model is never refused for a tie)."""
+    resource = softmax_pipeline(
+        dataset, gate={"metric": "accuracy", "min": 0.8, "baseline": {"compareTo": "none"}}
+    )
+    del resource["spec"]["tuning"]
+    resource["metadata"]["name"] = name
+    wanted = {**ROLLOUT, **rollout}
+    resource["spec"]["serving"]["rollout"] = {k: v for k, v in wanted.items() if v is not None}
+    return resource
+
+
 def write_spec(path: pathlib.Path, resource: dict[str, Any]) -> pathlib.Path:
     path.write_text(yaml.safe_dump(resource, sort_keys=False))
     return path

@@ -28,9 +28,10 @@ import httpx
 import numpy as np
 import pytest
 
-from helpers import CliResult, mlcd, softmax_pipeline, wait_for, write_spec
+from helpers import ROLLOUT, CliResult, mlcd, rollout_pipeline, wait_for, write_spec
 from mlcd.control.local import StatusFile
 from mlcd.domain.rollout import RolloutState
+from mlcd.domain.spec import duration_seconds
 from mlcd.domain.status import ModelPipelineStatus
 from mlcd.metrics.embedded import EmbeddedPrometheus
 from mlcd.ports import PipelineKey
@@ -41,17 +42,7 @@ from mlcd.serving.router.replay import infer_body
 
 NAME, MODEL = "canary", "digits"
 KEY = PipelineKey("default", NAME)
-INTERVAL = 3.0
-#: The rollout every test starts from; each changes what it is about.
-ROLLOUT: dict[str, Any] = {
-    "steps": [50, 100],
-    "interval": f"{INTERVAL:g}s",
-    "minSamples": 10,
-    "failureThreshold": 1,
-    "progressDeadline": "40s",
-    "metrics": [{"name": "success-rate", "min": 0.99}, {"name": "latency-p99", "max": 1.0}],
-    "traffic": {"rate": 30},
-}
+INTERVAL = duration_seconds(ROLLOUT["interval"])
 
 
 @dataclass
@@ -107,17 +98,8 @@ class Machine:
         }
 
     def spec(self, label: str, **changes: Any) -> pathlib.Path:
-        """The pipeline with :data:`ROLLOUT` changed as given (a None value drops a field)."""
-        rollout = {k: v for k, v in {**ROLLOUT, **changes}.items() if v is not None}
-        resource = softmax_pipeline(
-            str(self.dataset),
-            gate={"metric": "accuracy", "min": 0.8, "baseline": {"compareTo": "none"}},
-        )
-        # No tuning: every run trains the same model, so two versions agree on every input
-        # (the shadow's disagreement is the injected faults', nothing else).
-        del resource["spec"]["tuning"]
-        resource["metadata"]["name"] = NAME
-        resource["spec"]["serving"]["rollout"] = rollout
+        """The pipeline with the tests' rollout changed as given."""
+        resource = rollout_pipeline(str(self.dataset), NAME, **changes)
         return write_spec(self.folder / f"{label}.yaml", resource)
 
     def run(self, spec: pathlib.Path, **env: str) -> CliResult:
@@ -298,6 +280,17 @@ def _detached(machine: Machine) -> None:
 
 
 # -- the tests ------------------------------------------------------------------------------------
+
+
+def test_without_a_router_a_rollout_is_refused_naming_the_field(
+    tmp_path: pathlib.Path, dataset: pathlib.Path
+) -> None:
+    spec = write_spec(tmp_path / "mp.yaml", rollout_pipeline(str(dataset), NAME))
+    env = {"MLCD_HOME": str(tmp_path / "home"), "MLCD_SERVING_PORT": "0"}
+    result = mlcd("run", str(spec), env={**env, "MLCD_HAPROXY": str(tmp_path / "no-haproxy")})
+    assert result.code == 2, result.stderr
+    assert "spec.serving.rollout: a progressive rollout needs a traffic router" in result.stderr
+    assert not (tmp_path / "home" / "runs").exists()  # nothing started
 
 
 def test_the_first_model_is_served_at_once_behind_the_router(machine: Machine) -> None:

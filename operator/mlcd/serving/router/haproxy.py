@@ -87,6 +87,8 @@ end)
 def haproxy_binary() -> str:
     """``MLCD_HAPROXY``, else haproxy on PATH or in /usr/sbin (Debian's package)."""
     configured = os.environ.get("MLCD_HAPROXY")
+    if configured and not os.access(configured, os.X_OK):
+        raise PermanentError(f"MLCD_HAPROXY: {configured} is not an executable file")
     found = configured or shutil.which("haproxy", path=f"{os.environ.get('PATH', '')}:/usr/sbin")
     if not found:
         raise PermanentError(
