@@ -10,6 +10,7 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
+from rich.table import Column
 
 from mlcd.domain.records import STAGES
 from mlcd.domain.rollout import RolloutState
@@ -21,14 +22,19 @@ from mlcd.pipeline.events import EventLog
 class RunView:
     def __init__(self, console: Console, pipeline: ModelPipeline) -> None:
         self.pipeline = pipeline
+        # The labels keep their width; a long note is cut at the end of the line instead.
         self.progress = Progress(
             SpinnerColumn(),
-            TextColumn("{task.description}"),
-            BarColumn(),
-            TextColumn("{task.fields[note]}"),
+            TextColumn("{task.description}", table_column=Column(no_wrap=True, min_width=16)),
+            BarColumn(bar_width=20),
+            TextColumn(
+                "{task.fields[note]}",
+                table_column=Column(no_wrap=True, overflow="ellipsis", ratio=1),
+            ),
             TimeElapsedColumn(),
             console=console,
             transient=False,
+            expand=True,
         )
         self.stages: dict[str, TaskID] = {}
         self.rollout_steps: dict[int, TaskID] = {}
@@ -120,10 +126,12 @@ class RunView:
     def serving(self, record: RunSummary) -> None:
         task = self.stages["serve"]
         self.progress.start_task(task)
+        # A rollout refuses a model (rejected) or is cut short (cancelled); neither failed.
+        ended = {"rejected": "refused", "cancelled": "cancelled"}.get(record.result, "failed")
         note = (
             "served"
             if record.result == "promoted"
-            else ("skipped" if record.stage != "serve" else f"failed: {record.reason}")
+            else ("skipped" if record.stage != "serve" else f"{ended}: {record.reason}")
         )
         self.progress.update(task, completed=1, note=note[:80])
         self.progress.stop_task(task)

@@ -15,6 +15,7 @@ import datetime as dt
 import json
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -443,13 +444,19 @@ def test_a_wrong_predicting_candidate_is_stopped_in_shadow(machine: Machine) -> 
 
 
 def test_without_traffic_it_holds_until_the_deadline_then_rolls_back(machine: Machine) -> None:
+    """As a user sees it in the terminal: a bar per step with the analysis' values, and the
+    summary."""
     pid, version = machine.stable()
-    result = machine.run(machine.spec("idle", traffic=None, progressDeadline="8s"))
-    assert result.code == 3, _explain(result)
-    rollout = result.json["rollout"]
-    assert rollout["phase"] == "RolledBack" and "progressDeadline" in rollout["reason"]
+    spec = machine.spec("idle", traffic=None, progressDeadline="8s")
+    result = mlcd("run", str(spec), env=machine.env, timeout=300)
+    assert result.code == 3, result.stderr
     state = machine.status().rollout
-    assert state is not None and state.failed_checks == 0  # holding is not failing
+    assert state is not None and state.phase == "RolledBack", state
+    assert "progressDeadline" in state.reason
+    assert re.search(r"step 1 +50% .* inconclusive: requests=", result.stderr), result.stderr
+    assert re.search(r"serve .* refused: rollout: no conclusive", result.stderr), result.stderr
+    assert re.search(r"rollout +│ RolledBack \(50%\): no conclusive", result.stdout), result.stdout
+    assert state.failed_checks == 0  # holding is not failing
     held = [a for s in state.steps for a in s.analyses]
     assert len(held) >= 2 and {a.verdict for a in held} == {"inconclusive"}
     assert (_time(state.finished_at) - _time(held[0].at)).total_seconds() >= 8
