@@ -401,14 +401,15 @@ def cmd_status(args: argparse.Namespace, out: Console) -> int:
         served = status.serving
         key = PipelineKey(args.namespace, name)
         live = serving.status(key, served.model) if served else None
-        routes = router.routes(key) if key in router.pipelines() else None
+        routed = key in router.pipelines()
+        routes = router.routes(key) if routed else None
         rows.append(
             {
                 "pipeline": f"{args.namespace}/{name}",
                 "serving": served.model_dump(by_alias=True) if served else None,
                 "running": bool(live and live.ready),
                 # Behind a router, clients use its address.
-                "url": (router.url(key) or live.url) if live and live.ready else None,
+                "url": ((routed and router.url(key)) or live.url) if live and live.ready else None,
                 "reason": live.reason if live and not live.ready else None,
                 "rollout": status.rollout.model_dump(by_alias=True, exclude={"steps"})
                 if status.rollout

@@ -7,14 +7,12 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-import threading
 import time
 from typing import Any
 
-import httpx
 import pytest
 
-from helpers import metric_value, mlcd, rollout_pipeline, wait_for
+from helpers import Clients, metric_value, mlcd, rollout_pipeline, wait_for
 from mlcd.ports import PipelineKey
 from mlcd.processes import alive
 from mlcd.serving.local import LocalServing
@@ -195,32 +193,6 @@ def test_a_person_pauses_resumes_promotes_rolls_back_and_aborts_through_the_reso
     )
 
 
-class BadRequests:
-    """Requests for a model the server does not have, through the router: the stable server
-    answers each with a 404, which HAProxy counts as its 4xx."""
-
-    def __init__(self, url: str) -> None:
-        self.url = f"{url}/v2/models/no-such-model/infer"
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> BadRequests:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        with httpx.Client(timeout=10) as client:
-            while not self._stop.wait(0.1):
-                try:
-                    client.post(self.url, json={"inputs": []})
-                except httpx.HTTPError:
-                    continue
-
-
 def _time(text: str) -> dt.datetime:
     return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
 
@@ -260,7 +232,10 @@ def test_a_sustained_degradation_starts_one_run_and_not_another_within_the_coold
             if r["trigger"] == "degradation"
         ]
 
-    with BadRequests(url):
+    # Requests for a model the server does not have: the stable server answers each with a
+    # 404, which HAProxy counts as its 4xx.
+    bad = Clients(f"{url}/v2/models/no-such-model/infer", [{"inputs": []}], rate=10)
+    with bad:
         [run] = wait_for("a degradation run", degradation_runs, timeout=90)
         fired = _time(pipelines.status(NAME)["degradation"]["lastFired"])
         runs = pipelines.wait_runs(NAME, 2)

@@ -19,7 +19,6 @@ import re
 import signal
 import subprocess
 import sys
-import threading
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -29,7 +28,7 @@ import httpx
 import numpy as np
 import pytest
 
-from helpers import ROLLOUT, CliResult, mlcd, rollout_pipeline, wait_for, write_spec
+from helpers import ROLLOUT, Clients, CliResult, mlcd, rollout_pipeline, wait_for, write_spec
 from mlcd.control.local import StatusFile
 from mlcd.domain.rollout import RolloutState
 from mlcd.domain.spec import duration_seconds
@@ -205,42 +204,6 @@ def samples(dataset: pathlib.Path, count: int = 64) -> list[dict[str, Any]]:
         return [infer_body(x.astype(np.float32)) for x in data["x"][:count]]
 
 
-class Clients:
-    """A client of the serving endpoint in a thread: every answer that was not a 200 is kept
-    with its body, every connection error by its kind."""
-
-    def __init__(self, url: str, bodies: list[dict[str, Any]], rate: float = 15) -> None:
-        self.endpoint = f"{url}/v2/models/{MODEL}/infer"
-        self.bodies, self.period = bodies, 1 / rate
-        self.answered: Counter[int | str] = Counter()
-        self.failed: list[tuple[int | str, str]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> Clients:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        with httpx.Client(timeout=30) as client:
-            i = 0
-            while not self._stop.is_set():
-                try:
-                    response = client.post(self.endpoint, json=self.bodies[i % len(self.bodies)])
-                    self.answered[response.status_code] += 1
-                    if response.status_code != 200:
-                        self.failed.append((response.status_code, response.text[:200]))
-                except httpx.HTTPError as exc:
-                    self.answered[type(exc).__name__] += 1
-                    self.failed.append((type(exc).__name__, str(exc)))
-                i += 1
-                self._stop.wait(self.period)
-
-
 def _time(text: str | None) -> dt.datetime:
     assert text is not None
     return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
@@ -374,7 +337,8 @@ def test_a_candidate_answering_errors_is_rolled_back_and_only_it_failed(
     pid, version = machine.stable()
     before = machine.counters()
     run = machine.start(machine.spec("erring"), MLCD_CANDIDATE_FAULTS="error=0.05,seed=5")
-    with Clients(machine.url(), samples(dataset)) as clients:
+    endpoint = f"{machine.url()}/v2/models/{MODEL}/infer"
+    with Clients(endpoint, samples(dataset)) as clients:
         result = run.wait()
     assert result.code == 3, _explain(result)  # the run's model was refused: rejected
     out = result.json

@@ -9,21 +9,13 @@ from typing import Any
 
 import pytest
 from test_decide import MODEL, NOW, OLD, PROMOTING, seen, serving_record, spec, view
+from test_rollout import TARGETS
 
 from mlcd.domain import delivery
 from mlcd.domain import rollout as ro
 from mlcd.domain.intents import Promote, Replay
 from mlcd.domain.observations import Observations, RolloutView
 
-BUILTINS = ro.Builtins(
-    requests="r",
-    success_rate="s",
-    latency_p99="l",
-    shadow_requests="sr",
-    shadow_disagreement="d",
-    shadow_latency_p99="sl",
-)
-TARGETS = ro.Targets(namespace="team-a", canary="c", stable="s", builtins=BUILTINS)
 ROLLOUT = {"steps": [50, 100], "interval": "10s", "metrics": [{"name": "success-rate", "min": 1}]}
 
 
