@@ -66,6 +66,34 @@ def softmax_pipeline(dataset: str, **spec_overrides: Any) -> dict[str, Any]:
     }
 
 
+#: A short rollout for the tests: two steps of 3 s, judged on the router's built-in metrics,
+#: under replayed traffic.
+ROLLOUT: dict[str, Any] = {
+    "steps": [50, 100],
+    "interval": "3s",
+    "minSamples": 10,
+    "failureThreshold": 1,
+    "progressDeadline": "40s",
+    "metrics": [{"name": "success-rate", "min": 0.99}, {"name": "latency-p99", "max": 1.0}],
+    "traffic": {"rate": 30},
+}
+
+
+def rollout_pipeline(dataset: str, name: str = "digits", **rollout: Any) -> dict[str, Any]:
+    """:func:`softmax_pipeline` rolling each new model out as :data:`ROLLOUT` says, changed as
+    given (a None value drops a field). Without tuning every run trains the same model, so two
+    versions agree on every input (a shadow's disagreement is the injected faults' only), and
+    the gate compares with no serving model (a retrained model is never refused for a tie)."""
+    resource = softmax_pipeline(
+        dataset, gate={"metric": "accuracy", "min": 0.8, "baseline": {"compareTo": "none"}}
+    )
+    del resource["spec"]["tuning"]
+    resource["metadata"]["name"] = name
+    wanted = {**ROLLOUT, **rollout}
+    resource["spec"]["serving"]["rollout"] = {k: v for k, v in wanted.items() if v is not None}
+    return resource
+
+
 def write_spec(path: pathlib.Path, resource: dict[str, Any]) -> pathlib.Path:
     path.write_text(yaml.safe_dump(resource, sort_keys=False))
     return path
@@ -168,3 +196,44 @@ def run_python_trainer(folder: pathlib.Path, code: str, timeout: float = 120) ->
     groups = ProcessGroups(folder / "procs")
     result = run_trainer(trainer, args=[], env={}, log_path=log, groups=groups, timeout=timeout)
     return result, log
+
+
+class Clients:
+    """A client posting ``bodies`` (cycled) to ``endpoint`` from a thread, at most ``rate`` a
+    second, while the ``with`` block lasts: every answer counted by status, every one that was
+    not a 200 kept with its body, every connection error by its kind."""
+
+    def __init__(self, endpoint: str, bodies: list[dict[str, Any]], rate: float = 15) -> None:
+        import threading
+        from collections import Counter
+
+        self.endpoint, self.bodies, self.period = endpoint, bodies, 1 / rate
+        self.answered: Counter[int | str] = Counter()
+        self.failed: list[tuple[int | str, str]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Clients:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        import httpx
+
+        with httpx.Client(timeout=30) as client:
+            i = 0
+            while not self._stop.is_set():
+                try:
+                    response = client.post(self.endpoint, json=self.bodies[i % len(self.bodies)])
+                    self.answered[response.status_code] += 1
+                    if response.status_code != 200:
+                        self.failed.append((response.status_code, response.text[:200]))
+                except httpx.HTTPError as exc:
+                    self.answered[type(exc).__name__] += 1
+                    self.failed.append((type(exc).__name__, str(exc)))
+                i += 1
+                self._stop.wait(self.period)

@@ -65,8 +65,14 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--namespace", default="default")
     status.add_argument("--output", choices=["text", "json"], default="text")
 
-    down = sub.add_parser("down", help="stop the local model servers")
-    down.add_argument("name", nargs="?", help="a pipeline name (default: every pipeline)")
+    down = sub.add_parser(
+        "down", help="stop the local model servers, routers and the embedded Prometheus"
+    )
+    down.add_argument(
+        "name",
+        nargs="?",
+        help="a pipeline name: its servers and router only (default: everything)",
+    )
     down.add_argument("--namespace", default="default")
 
     op = sub.add_parser("operator", help="run the operator (watches ModelPipelines)")
@@ -377,11 +383,14 @@ def _print_summary(out: Console, s: dict[str, Any]) -> None:
 def cmd_status(args: argparse.Namespace, out: Console) -> int:
     from mlcd.control.local import StatusFile
     from mlcd.ports import PipelineKey
+    from mlcd.progress import print_rollout
     from mlcd.serving.local import LocalServing
+    from mlcd.serving.router.haproxy import LocalRouter
     from mlcd.settings import LocalSettings
 
     settings = LocalSettings()
     serving = LocalServing(settings.home, port=settings.serving_port)
+    router = LocalRouter(settings.home)
     files = StatusFile(settings.home)
     names = [args.name] if args.name else files.pipelines(args.namespace)
     rows: list[dict[str, Any]] = []
@@ -390,14 +399,24 @@ def cmd_status(args: argparse.Namespace, out: Console) -> int:
             continue
         status = files.load(args.namespace, name)
         served = status.serving
-        live = serving.status(PipelineKey(args.namespace, name), served.model) if served else None
+        key = PipelineKey(args.namespace, name)
+        live = serving.status(key, served.model) if served else None
+        routed = key in router.pipelines()
+        routes = router.routes(key) if routed else None
         rows.append(
             {
                 "pipeline": f"{args.namespace}/{name}",
                 "serving": served.model_dump(by_alias=True) if served else None,
                 "running": bool(live and live.ready),
-                "url": live.url if live and live.ready else None,
+                # Behind a router, clients use its address.
+                "url": ((routed and router.url(key)) or live.url) if live and live.ready else None,
                 "reason": live.reason if live and not live.ready else None,
+                "rollout": status.rollout.model_dump(by_alias=True, exclude={"steps"})
+                if status.rollout
+                else None,
+                "router": {"canaryWeight": routes.canary_weight, "mirror": routes.mirror}
+                if routes is not None
+                else None,
                 "runs": [r.model_dump(by_alias=True) for r in status.runs],
             }
         )
@@ -426,26 +445,49 @@ def cmd_status(args: argparse.Namespace, out: Console) -> int:
             out.print(
                 f"[bold]{row['pipeline']}[/]: version {served['version']} {liveness}"
                 f"{' at ' + row['url'] if row['url'] else ''}\n  sha256 {served['sha256']}"
-                f"\n  metrics " + " ".join(f"{k}={v:.4f}" for k, v in served["metrics"].items())
+                f"\n  metrics " + " ".join(f"{k}={v:.4f}" for k, v in served["metrics"].items()),
+                soft_wrap=True,
             )
         else:
             out.print(f"[bold]{row['pipeline']}[/]: nothing served")
+        if row["rollout"]:
+            print_rollout(out, row["rollout"], row["router"])
         out.print(table)
     return EXIT_OK
 
 
 def cmd_down(args: argparse.Namespace, out: Console) -> int:
+    """Stops what ``mlcd run`` keeps running: the model servers and the routers of a pipeline
+    (every pipeline without NAME), and then the embedded Prometheus they shared."""
+    from mlcd.control.local import local_provider
+    from mlcd.metrics.embedded import EmbeddedPrometheus
     from mlcd.ports import PipelineKey
     from mlcd.serving.local import LocalServing
+    from mlcd.serving.router.haproxy import LocalRouter
     from mlcd.settings import LocalSettings
 
     settings = LocalSettings()
     serving = LocalServing(settings.home, port=settings.serving_port)
-    keys = [PipelineKey(args.namespace, args.name)] if args.name else serving.pipelines()
+    _, targets = local_provider(settings.home, settings.prometheus_url)
+    router = LocalRouter(settings.home, targets_dir=targets)
+    routed = router.pipelines()
+    if args.name:
+        keys = [PipelineKey(args.namespace, args.name)]
+    else:
+        keys = sorted({*serving.pipelines(), *routed}, key=str)
     for key in keys:
+        if key in routed:
+            # Clients first: nothing is sent to a server about to stop.
+            router.finalize(key)
+            out.print(f"stopped the router of {key}")
         if serving.running(key):
             serving.stop(key)
             out.print(f"stopped the model server of {key}")
+    if not args.name:
+        prometheus = EmbeddedPrometheus(settings.home)
+        if prometheus.pid() is not None:
+            prometheus.stop()
+            out.print("stopped the embedded Prometheus")
     return EXIT_OK
 
 

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from mlcd.k8s.kube import Kube
+from mlcd.progress import print_rollout
 
 
 def _namespace(args: argparse.Namespace, kube: Kube) -> str:
@@ -45,15 +46,19 @@ def get(args: argparse.Namespace, out: Console) -> int:
         return 0
     table = Table(box=None, pad_edge=False)
     columns = ["NAMESPACE"] if args.all_namespaces else []
-    for col in (*columns, "NAME", "PHASE", "SERVING", "METRIC", "NEXT RUN", "AGE"):
+    for col in (*columns, "NAME", "PHASE", "SERVING", "ROLLOUT", "CANARY", "METRIC", "NEXT RUN"):
         table.add_column(col)
+    table.add_column("AGE")
     for item in items:
         status = item.get("status") or {}
+        rollout = status.get("rollout") or {}
         row = [item["metadata"]["namespace"]] if args.all_namespaces else []
         row += [
             item["metadata"]["name"],
             status.get("phase", ""),
             (status.get("serving") or {}).get("version", ""),
+            rollout.get("phase", ""),
+            str(rollout["canaryWeight"]) if "canaryWeight" in rollout else "",
             status.get("lastMetric") or "",
             status.get("nextScheduleTime") or "",
             _age(item["metadata"].get("creationTimestamp")),
@@ -80,19 +85,8 @@ def describe(args: argparse.Namespace, out: Console) -> int:
             f"[bold]Serving:[/] version {serving['version']} at {serving.get('url')} "
             f"(sha256 {serving['sha256']})"
         )
-    rollout = status.get("rollout")
-    if rollout:
-        out.print(
-            f"[bold]Rollout:[/] version {rollout.get('candidate')} {rollout.get('phase')}, "
-            f"step {rollout.get('step', 0)} at {rollout.get('canaryWeight', 0)}%, "
-            f"{rollout.get('failedChecks', 0)} failed checks: {rollout.get('reason', '')}"
-        )
-        for result in rollout.get("lastAnalysis") or []:
-            out.print(
-                f"  {result.get('metric')}: {result.get('value')} "
-                f"({result.get('samples')} requests) {result.get('verdict')} "
-                f"{result.get('reason', '')}"
-            )
+    if status.get("rollout"):
+        print_rollout(out, status["rollout"])
     conditions = Table(
         "TYPE", "STATUS", "REASON", "MESSAGE", title="Conditions", title_justify="left", box=None
     )

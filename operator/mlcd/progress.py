@@ -8,7 +8,9 @@ from collections.abc import Callable
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
+from rich.table import Column
 
 from mlcd.domain.records import STAGES
 from mlcd.domain.rollout import RolloutState
@@ -20,14 +22,19 @@ from mlcd.pipeline.events import EventLog
 class RunView:
     def __init__(self, console: Console, pipeline: ModelPipeline) -> None:
         self.pipeline = pipeline
+        # The labels keep their width; a long note is cut at the end of the line instead.
         self.progress = Progress(
             SpinnerColumn(),
-            TextColumn("{task.description}"),
-            BarColumn(),
-            TextColumn("{task.fields[note]}"),
+            TextColumn("{task.description}", table_column=Column(no_wrap=True, min_width=16)),
+            BarColumn(bar_width=20),
+            TextColumn(
+                "{task.fields[note]}",
+                table_column=Column(no_wrap=True, overflow="ellipsis", ratio=1),
+            ),
             TimeElapsedColumn(),
             console=console,
             transient=False,
+            expand=True,
         )
         self.stages: dict[str, TaskID] = {}
         self.rollout_steps: dict[int, TaskID] = {}
@@ -119,10 +126,12 @@ class RunView:
     def serving(self, record: RunSummary) -> None:
         task = self.stages["serve"]
         self.progress.start_task(task)
+        # A rollout refuses a model (rejected) or is cut short (cancelled); neither failed.
+        ended = {"rejected": "refused", "cancelled": "cancelled"}.get(record.result, "failed")
         note = (
             "served"
             if record.result == "promoted"
-            else ("skipped" if record.stage != "serve" else f"failed: {record.reason}")
+            else ("skipped" if record.stage != "serve" else f"{ended}: {record.reason}")
         )
         self.progress.update(task, completed=1, note=note[:80])
         self.progress.stop_task(task)
@@ -148,3 +157,34 @@ def follow(
         if finished:
             return
         time.sleep(interval)
+
+
+def print_rollout(
+    out: Console, rollout: dict[str, Any], router: dict[str, Any] | None = None
+) -> None:
+    """A rollout's state (``status.rollout`` as JSON): its phase, its weights (as decided, and
+    as the router has them) and the values of its last analysis."""
+    weight = rollout.get("canaryWeight", 0)
+    weights = f"{weight}% to version {rollout.get('candidate')}"
+    if rollout.get("mirror"):
+        weights += ", mirrored"
+    if router is not None and router.get("canaryWeight") != weight:
+        weights += f" (the router has {router.get('canaryWeight')}%)"
+    out.print(
+        f"  rollout [bold]{rollout.get('phase')}[/]: step {rollout.get('step', 0)}, {weights}, "
+        f"{rollout.get('failedChecks', 0)} failed check(s); {escape(rollout.get('reason', ''))}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    for result in rollout.get("lastAnalysis") or []:
+        value = result.get("value")
+        shown = "no data" if value is None else f"{value:.4g}"
+        samples = result.get("samples")
+        counted = "" if samples is None else f" ({samples:.0f} requests)"
+        out.print(
+            f"    {result.get('metric')} = {shown}{counted}: {result.get('verdict')} "
+            f"({result.get('reason', '')})",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )

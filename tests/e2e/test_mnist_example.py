@@ -10,8 +10,6 @@ import pytest
 
 from helpers import EXAMPLE, mlcd, v2_infer
 from helpers import EXAMPLE_SMALL_BUDGET as SMALL
-from mlcd.ports import PipelineKey
-from mlcd.serving.local import LocalServing
 from mnist_trainer.dataset import write as write_digits
 
 
@@ -60,4 +58,5 @@ def test_the_example_trains_gates_exports_and_serves(tmp_path, monkeypatch):
         assert second.json["serving"]["version"] == out["model"]["version"]
         np.testing.assert_array_equal(v2_infer(out["serving"]["url"], "mnist", x), served)
     finally:
-        LocalServing(home).stop(PipelineKey("default", "mnist"))
+        # The example serves behind its router: everything mlcd run keeps running stops.
+        mlcd("down")

@@ -18,6 +18,7 @@ from kubernetes import client
 
 from mlcd.domain.checks import parse_pipeline
 from mlcd.domain.records import DataReport, GateVerdict, ModelRef, RunRecord, ServingRecord
+from mlcd.domain.rollout import Analysis, AnalysisResult, RolloutState, StepRecord
 from mlcd.domain.spec import ModelPipelineSpec, Parameter, Tuning
 from mlcd.domain.status import Condition, CurrentRun, ModelPipelineStatus, summarize
 from mlcd.k8s.crd import CRON, FILE_NAME, NAME, NUMBER, custom_resource_definition, render
@@ -301,6 +302,44 @@ def a_status() -> ModelPipelineStatus:
             metrics={"accuracy": 0.981},
         ),
         last_metric="accuracy=0.981",
+        rollout=a_rollout(),
+    )
+
+
+def a_rollout() -> RolloutState:
+    """A rollout in progress with every field set."""
+    result = AnalysisResult(
+        metric="success-rate",
+        query='sum(rate(ok{server="a.b.candidate"}[1m])) / sum(rate(all{server="a.b.c"}[1m]))',
+        value=0.995,
+        stable_value=0.999,
+        samples=120.0,
+        verdict="pass",
+        reason="0.995 >= 0.99",
+        dry_run=True,
+    )
+    analysis = Analysis(at="2026-01-02T03:21:00.5Z", verdict="pass", results=[result])
+    return RolloutState(
+        phase="Progressing",
+        candidate="v4",
+        run="mnist-m1",
+        stable="v3",
+        step=1,
+        canary_weight=20,
+        mirror=True,
+        failed_checks=1,
+        started_at="2026-01-02T03:20:00Z",
+        step_started_at="2026-01-02T03:20:30Z",
+        last_analysis_at="2026-01-02T03:21:00.5Z",
+        holding_since="2026-01-02T03:21:00.5Z",
+        resume_phase="Shadowing",
+        finished_at="2026-01-02T03:30:00Z",
+        reason="analysis passed; step 1 at 20%",
+        last_analysis=[result],
+        steps=[
+            StepRecord(step=0, weight=0, mirror=True, started_at="2026-01-02T03:20:00Z"),
+            StepRecord(step=1, weight=20, started_at="2026-01-02T03:20:30Z", analyses=[analysis]),
+        ],
     )
 
 
@@ -343,14 +382,18 @@ def test_kubectl_get_prints_the_columns(
             "NAME",
             "PHASE",
             "SERVING",
+            "ROLLOUT",
+            "CANARY",
             "METRIC",
             "NEXT RUN",
             "AGE",
         ]
-        assert row.split()[:5] == [
+        assert row.split()[:7] == [
             "with-status",
             "Ready",
             "v3",
+            "Progressing",
+            "20",
             "accuracy=0.981",
             "2030-01-02T03:00:00Z",
         ]

@@ -177,14 +177,27 @@ def start_operator(
         process.stop()
     failed = getattr(request.node, "rep_call", None)
     from mlcd.engines.local import LocalEngine
+    from mlcd.metrics.embedded import EmbeddedPrometheus
     from mlcd.serving.local import LocalServing
+    from mlcd.serving.router.haproxy import LocalRouter
 
     for process in started:
-        # Runs outlive their operator by design; a test's do not outlive the test.
+        # Runs, servers and routers outlive their operator by design; a test's do not outlive
+        # the test.
         LocalEngine(process.state).cancel_everything(grace=5.0)
+        targets = process.env.get("MLCD_PROMETHEUS_TARGETS")
+        router = LocalRouter(
+            process.state,
+            targets_dir=pathlib.Path(targets)
+            if targets
+            else EmbeddedPrometheus(process.state).targets_dir,
+        )
+        for key in router.pipelines():
+            router.finalize(key)
         serving = LocalServing(process.state)
         for key in serving.pipelines():
             serving.stop(key)
+        EmbeddedPrometheus(process.state).stop()
         if failed is not None and failed.failed:
             print(f"--- {process.log} ---\n{process.tail(200)}")
 

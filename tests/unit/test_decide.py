@@ -34,6 +34,7 @@ from mlcd.domain.lifecycle import (
 )
 from mlcd.domain.observations import (
     DatasetView,
+    DegradationSample,
     Done,
     Observations,
     Outcome,
@@ -49,6 +50,7 @@ from mlcd.domain.records import (
     RunRecord,
     ServingRecord,
 )
+from mlcd.domain.rollout import DegradationWatch
 from mlcd.domain.spec import ModelPipelineSpec
 from mlcd.domain.status import CurrentRun, ModelPipelineStatus, RunSummary
 
@@ -606,3 +608,46 @@ def test_conditions_keep_their_transition_time_until_they_change():
     assert next(c for c in down.conditions if c.type == "Ready").last_transition_time != (
         ready[0].last_transition_time
     )
+
+
+# -- the degradation trigger ---------------------------------------------------------------
+
+
+def degraded(watch: DegradationWatch, **changes: Any) -> Observations:
+    trigger = {"query": "errors > 0", "for": "1m", "cooldown": "1h", "interval": "10s"}
+    pipeline = view(spec=spec(triggers={"onDegradation": trigger}))
+    return seen(pipeline=pipeline, degradation=DegradationSample(True), **changes)
+
+
+HELD = DegradationWatch(since=triggers.iso(NOW - dt.timedelta(minutes=2)))
+
+
+def test_a_degradation_held_for_long_enough_starts_one_run_and_records_it():
+    status = ModelPipelineStatus(serving=serving_record(), degradation=HELD)
+    decision = decide(status, degraded(HELD))
+    [run] = decision.status.active_runs
+    assert run.trigger == "degradation"
+    assert decision.status.degradation == DegradationWatch(last_fired=triggers.iso(NOW))
+    assert "RunStarted" in reasons(decision.intents)
+
+
+def test_a_degradation_run_that_waits_for_capacity_stays_due():
+    status = ModelPipelineStatus(serving=serving_record(), degradation=HELD)
+    waiting = decide(status, degraded(HELD, free_slots=0, max_active_runs=2))
+    assert waiting.status.active_runs == []
+    assert waiting.status.degradation == HELD  # the cooldown did not start without a run
+    assert "WaitingForCapacity" in reasons(waiting.intents)
+    later = NOW + dt.timedelta(seconds=10)
+    started = decide(waiting.status, degraded(HELD, now=later))
+    assert [r.trigger for r in started.status.active_runs] == ["degradation"]
+    assert started.status.degradation == DegradationWatch(last_fired=triggers.iso(later))
+
+
+def test_within_the_cooldown_a_held_degradation_starts_nothing():
+    fired = triggers.iso(NOW - dt.timedelta(minutes=30))
+    watch = HELD.model_copy(update={"last_fired": fired})
+    status = ModelPipelineStatus(serving=serving_record(), degradation=watch)
+    decision = decide(status, degraded(watch))
+    assert decision.status.active_runs == []
+    assert decision.status.degradation is not None
+    assert decision.status.degradation.last_fired == fired

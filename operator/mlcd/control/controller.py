@@ -82,6 +82,7 @@ class Controller:
             metrics=metrics,
             router=router,
         )
+        self.observer.replaying = self.executor.replaying
         self._outcomes: dict[str, tuple[Outcome, ...]] = {}
         self._lock = threading.Lock()
 

@@ -118,7 +118,10 @@ class Executor:
     ) -> tuple[Outcome, ...]:
         key = PipelineKey(view.namespace, view.name, view.uid)
         outcomes: list[Outcome] = []
-        for intent in intents:
+        # An analysis is counted once its decision is carried out: its decision time includes
+        # setting the weights.
+        counted = [i for i in intents if isinstance(i, RecordAnalysis)]
+        for intent in [*(i for i in intents if not isinstance(i, RecordAnalysis)), *counted]:
             try:
                 outcome = self._one(key, view, pipeline, resource, intent, post)
             except (MlcdError, OSError, httpx.HTTPError) as exc:

@@ -30,7 +30,7 @@ from mlcd.domain.spec import ModelPipeline
 from mlcd.domain.status import ModelPipelineStatus, RunSummary
 from mlcd.domain.triggers import trigger_run_id
 from mlcd.engines.local import LocalEngine
-from mlcd.errors import MlcdError, PermanentError
+from mlcd.errors import FieldProblem, MlcdError, PermanentError, SpecError
 from mlcd.metrics.embedded import EmbeddedPrometheus, EmbeddedProvider
 from mlcd.metrics.prometheus import PrometheusProvider
 from mlcd.ports import MetricProvider, PipelineKey, RunKey
@@ -283,6 +283,16 @@ class LocalLoop:
                     return None
                 if decision.status.handled_trigger == trigger:
                     raise MlcdError(f"run {run_id} did not start")
+                invalid = next(
+                    (c for c in decision.status.conditions if c.type == "SpecValid"), None
+                )
+                if invalid is not None and invalid.status == "False":
+                    # What only the loop checks (a Secret, a router for a rollout): no run
+                    # starts until the spec changes, and this spec will not.
+                    path, _, reason = invalid.message.partition(": ")
+                    raise SpecError(
+                        [FieldProblem(path, reason) if reason else FieldProblem("spec", path)]
+                    )
             interrupts.wait(PASS_INTERVAL)
 
     def drive(

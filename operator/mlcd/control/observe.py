@@ -118,6 +118,8 @@ class Observer:
     router: TrafficRouter | None = None
     #: Prometheus, for rollout analyses and the degradation trigger (None: none here).
     provider: MetricProvider | None = None
+    #: Whether replayed traffic runs for a pipeline in this process (the executor knows).
+    replaying: Callable[[PipelineKey], bool] = lambda key: False
     _parsed: dict[str, _Parsed] = field(default_factory=dict)
     _degradation: dict[str, float] = field(default_factory=dict)
     _older: dict[tuple[str, str], ServingRecord] = field(default_factory=dict)
@@ -385,7 +387,7 @@ class Observer:
                         break
                     except MlcdError as exc:
                         results[planned.query] = QueryResult(error=str(exc))
-        return RolloutView(state, targets, results, online)
+        return RolloutView(state, targets, results, online, self.replaying(key))
 
     def _older_model(self, view: PipelineView, status: ModelPipelineStatus) -> ServingRecord | None:
         """The model ``rollbackTo`` names, from the repository (its sha256 and metrics)."""

@@ -33,16 +33,17 @@ def _intents(produced: list[ro.Intent]) -> list[Intent]:
     return out
 
 
-def _replay(spec: Rollout, before: ro.RolloutState | None, after: ro.RolloutState) -> list[Intent]:
-    """Replayed traffic runs while the rollout is live, and stops when it ends."""
-    if spec.traffic is None:
-        return []
+def _replay(spec: Rollout, state: ro.RolloutState, seen: Observations) -> list[Intent]:
+    """Replayed traffic runs while the rollout is live and stops when it ends. Decided from
+    what runs now, not from the change of phase: a process that restarts mid-rollout (an
+    operator killed, ``mlcd promote`` driving what ``mlcd run`` left) starts it again."""
+    replaying = seen.rollout is not None and seen.rollout.replaying
     live = {p.value for p in (*ro.LIVE, *ro.HELD, ro.Phase.INITIALIZING)}
-    was = before is not None and before.phase in live
-    now = after.phase in live
-    if now and not was:
+    wanted = spec.traffic is not None and state.phase in live
+    if wanted and not replaying:
+        assert spec.traffic is not None
         return [Replay(spec.traffic.rate)]
-    if was and not now:
+    if replaying and not wanted:
         return [Replay(None)]
     return []
 
@@ -59,7 +60,7 @@ def begin(
     if spec is None or serving is None or not rolls_out(seen, serving):
         return None, [Promote(run, model, metrics)]
     state, produced = ro.start(model.version, serving.version, seen.now, run=run.id)
-    return state, [*_intents(produced), *_replay(spec.serving.rollout, None, state)]
+    return state, [*_intents(produced), *_replay(spec.serving.rollout, state, seen)]
 
 
 def _observation(seen: Observations, rollout: Rollout) -> ro.Observation | None:
@@ -90,7 +91,7 @@ def step(
     if observation is None:
         return state, []  # nothing observed this pass: nothing decided
     new, produced = ro.advance(state, rollout, observation)
-    return new, [*_intents(produced), *_replay(rollout, state, new)]
+    return new, [*_intents(produced), *_replay(rollout, new, seen)]
 
 
 def settle(

@@ -87,6 +87,8 @@ class RolloutView:
     results: Mapping[str, QueryResult] | None = None
     #: False: Prometheus did not answer when an analysis was due.
     prometheus_online: bool = True
+    #: Replayed traffic (``rollout.traffic``) runs for the pipeline in this process now.
+    replaying: bool = False
 
 
 @dataclass(frozen=True)

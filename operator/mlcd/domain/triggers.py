@@ -106,7 +106,8 @@ class Triggers:
     wanted: list[Wanted]
     #: A scheduled time past its deadline: consumed, announced, nothing starts.
     missed: dt.datetime | None = None
-    #: What the degradation trigger remembers after this look (None: not looked at).
+    #: What the degradation trigger remembers after this look (None: not looked at, or it
+    #: fired: then it is recorded with the run, in that Wanted's ``consumed``).
     degradation: DegradationWatch | None = None
 
 
@@ -150,9 +151,11 @@ def wanted(status: ModelPipelineStatus, seen: Observations) -> Triggers:
             seen.now,
         )
         if fire:
-            out.append(
-                Wanted("degradation", trigger_run_id(pipeline.name, "degradation", seen.now))
-            )
+            # Recorded as fired with the run it starts: a run that waits for capacity keeps
+            # the trigger due, instead of starting the cooldown with no run.
+            run = trigger_run_id(pipeline.name, "degradation", seen.now)
+            out.append(Wanted("degradation", run, {"degradation": watch}))
+            watch = None
     return Triggers(out, missed, watch)
 
 

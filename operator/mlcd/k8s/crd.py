@@ -84,6 +84,18 @@ PRINTER_COLUMNS = [
         "jsonPath": ".status.serving.version",
     },
     {
+        "name": "Rollout",
+        "type": "string",
+        "description": "The phase of the last rollout (Progressing, Promoted, RolledBack, ...).",
+        "jsonPath": ".status.rollout.phase",
+    },
+    {
+        "name": "Canary",
+        "type": "integer",
+        "description": "Percent of traffic the rollout's candidate receives now.",
+        "jsonPath": ".status.rollout.canaryWeight",
+    },
+    {
         "name": "Metric",
         "type": "string",
         "description": "The gate metric of the last finished run.",

@@ -18,8 +18,10 @@ from mlcd.errors import PermanentError, TemporaryError
 from mlcd.metrics.prometheus import PrometheusProvider
 from mlcd.processes import alive, free_port, kill_group, start_time
 
-#: Scrapes often enough that a rollout's short intervals on a laptop see data.
-SCRAPE_INTERVAL = "2s"
+#: A query over ``{{ interval }}`` needs at least two scrapes in its window (rate, increase):
+#: every second, a rollout's intervals of 3 s and up see data on a laptop; every 2 s, a 3 s
+#: window mostly held one scrape and most analyses had no data.
+SCRAPE_INTERVAL = "1s"
 
 
 def prometheus_binary() -> str:
@@ -52,12 +54,19 @@ class EmbeddedPrometheus:
             return {}
         return data
 
+    def pid(self) -> int | None:
+        """The recorded process, if it is alive (whether or not it answers)."""
+        record = self._record()
+        pid, started = record.get("pid"), record.get("started")
+        if isinstance(pid, int) and alive(pid, started if isinstance(started, int) else None):
+            return pid
+        return None
+
     def url(self) -> str | None:
         """The running Prometheus' address, if it runs and answers."""
-        record = self._record()
-        pid = record.get("pid")
-        if not isinstance(pid, int) or not alive(pid, record.get("started")):  # type: ignore[arg-type]
+        if self.pid() is None:
             return None
+        record = self._record()
         url = str(record["url"])
         with contextlib.suppress(httpx.HTTPError):
             if httpx.get(f"{url}/-/ready", timeout=2.0).status_code == 200:
@@ -70,9 +79,9 @@ class EmbeddedPrometheus:
         if url is not None:
             return url
         old = self._record()
-        pid = old.get("pid")
-        if isinstance(pid, int) and alive(pid, old.get("started")):  # type: ignore[arg-type]
-            kill_group(pid, grace=5.0)  # recorded but not answering
+        stale = self.pid()
+        if stale is not None:
+            kill_group(stale, grace=5.0)  # recorded but not answering
         self.targets_dir.mkdir(parents=True, exist_ok=True)
         port = self.port or int(old.get("port") or 0) or free_port()  # type: ignore[call-overload]
         config = self.folder / "prometheus.yml"
@@ -125,9 +134,8 @@ class EmbeddedPrometheus:
         raise TemporaryError(f"Prometheus did not start:\n{log_text}", delay=5.0)
 
     def stop(self) -> None:
-        record = self._record()
-        pid = record.get("pid")
-        if isinstance(pid, int) and alive(pid, record.get("started")):  # type: ignore[arg-type]
+        pid = self.pid()
+        if pid is not None:
             kill_group(pid, grace=5.0)
         with contextlib.suppress(FileNotFoundError):
             (self.folder / "server.json").unlink()

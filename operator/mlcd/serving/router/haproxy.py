@@ -87,7 +87,12 @@ end)
 def haproxy_binary() -> str:
     """``MLCD_HAPROXY``, else haproxy on PATH or in /usr/sbin (Debian's package)."""
     configured = os.environ.get("MLCD_HAPROXY")
-    found = configured or shutil.which("haproxy", path=f"{os.environ.get('PATH', '')}:/usr/sbin")
+    if configured:
+        named = shutil.which(configured)
+        if named is None:
+            raise PermanentError(f"MLCD_HAPROXY: {configured} is not an executable")
+        return named
+    found = shutil.which("haproxy", path=f"{os.environ.get('PATH', '')}:/usr/sbin")
     if not found:
         raise PermanentError(
             "haproxy is not installed: run hack/bootstrap --only debian (apt-get install haproxy)"
@@ -340,6 +345,18 @@ class LocalRouter:
     def url(self, key: PipelineKey) -> str | None:
         proxy = self.running(key)
         return proxy.url if proxy else None
+
+    def pipelines(self) -> list[PipelineKey]:
+        """The pipelines whose router was started here (one machine: no uid). A namespace is a
+        DNS label, so the first dot of a folder's name ends it."""
+        root = self.home / "router"
+        if not root.is_dir():
+            return []
+        return [
+            PipelineKey(*folder.name.split(".", 1))
+            for folder in sorted(root.iterdir())
+            if (folder / "router.json").is_file() and "." in folder.name
+        ]
 
     # -- the process -----------------------------------------------------------------------------
     def _require(self, key: PipelineKey) -> Proxy:
