@@ -14,6 +14,7 @@ from helpers import softmax_pipeline
 from mlcd.k8s.kube import Kube
 from mlcd.serving.kserve.api import KubeAPI
 from mlcd.serving.kserve.resources import Pipeline
+from operator_process import ACCOUNT, NAMESPACE, install_operator
 from testenv.cluster import Cluster
 from testenv.kserve import KServe
 
@@ -28,6 +29,15 @@ def cluster(kserve: KServe) -> Cluster:
 @pytest.fixture(scope="session")
 def pipelines_crd(cluster: Cluster) -> None:
     cluster.install_crds(ROOT / "crds")
+
+
+@pytest.fixture(scope="session")
+def operator_kubeconfig(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The operator's ServiceAccount with the rules deploy/ and deploy/kserve/rbac.yaml give it,
+    and a kubeconfig holding its token, nothing more: a missing permission shows."""
+    install_operator(cluster, [ROOT / "deploy" / "kserve" / "rbac.yaml"])
+    path = tmp_path_factory.mktemp("operator") / "kubeconfig"
+    return cluster.token_kubeconfig(NAMESPACE, ACCOUNT, path)
 
 
 @pytest.fixture
