@@ -450,8 +450,10 @@ def cmd_operator(args: argparse.Namespace) -> int:
 
     # kopf watches with its own client and mlcd talks to the API server through httpx: the
     # Kubernetes client library (kopf loads it when installed) would only cost memory, unless
-    # the Kubeflow engine is on (kfp.Client imports it).
-    if not os.environ.get("MLCD_KFP_ENDPOINT"):
+    # the Kubeflow engine is on (kfp.Client imports it) or models are served on KServe (the
+    # kserve SDK's models import it).
+    serving = args.serving or os.environ.get("MLCD_SERVING", "local")
+    if not os.environ.get("MLCD_KFP_ENDPOINT") and serving != "kserve":
         sys.modules.setdefault("kubernetes", None)  # type: ignore[arg-type]
 
     from mlcd.k8s.operator import run
