@@ -20,11 +20,11 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from kserve_helpers import conditions, get_isvc, predictors
+from kserve_helpers import ISVC, conditions, get_isvc, kserve_pipeline, minio_secret, predictors
 from kubernetes import client
 from played import PlayedPredictors, PlayedTraffic
 
-from helpers import softmax_pipeline, wait_for
+from helpers import wait_for
 from operator_process import (
     ACCOUNT,
     NAMESPACE,
@@ -40,7 +40,6 @@ from testenv.prometheus import PrometheusAPI
 from testenv.stack import Stack
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-ISVC = "mnist"
 ROUTE = "mlcd-digits"
 #: Steps of 20, 50 and 100 %, an analysis every 4 s, at least 5 requests each.
 ROLLOUT = {
@@ -51,34 +50,6 @@ ROLLOUT = {
     "progressDeadline": "60s",
     "metrics": [{"name": "success-rate", "min": 0.95}],
 }
-
-
-def kserve_pipeline(
-    namespace: str, digits: pathlib.Path, minio: MinIO, rollout: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    """The numpy test trainer (no tuning: one short training), models in MinIO, served as
-    InferenceService ``mnist``; started by the trigger annotation."""
-    body = softmax_pipeline(str(digits))
-    body["metadata"]["annotations"] = {"mlcd.io/trigger": "1"}
-    spec = body["spec"]
-    del spec["tuning"]
-    spec["trainer"]["args"] = ["--epochs=10"]
-    spec["triggers"] = {"newData": False}
-    spec["artifacts"] = {
-        "uri": f"s3://{minio.bucket}/{namespace}/",
-        "endpoint": minio.endpoint,
-        "credentialsSecretRef": {"name": "minio-creds"},
-    }
-    spec["serving"] = {"inferenceService": ISVC, "rollout": rollout or ROLLOUT}
-    return body
-
-
-def minio_secret(api: client.ApiClient, namespace: str, minio: MinIO) -> None:
-    body = {
-        "metadata": {"name": "minio-creds"},
-        "stringData": {"accessKey": minio.access_key, "secretKey": minio.secret_key},
-    }
-    client.CoreV1Api(api).create_namespaced_secret(namespace, body)
 
 
 def trigger(pipelines: Pipelines, value: str) -> None:
@@ -204,7 +175,7 @@ def test_serves_then_rolls_out_through_the_steps_and_resumes_after_a_kill(
     namespace = pipelines.namespace
     running, traffic = played()
     first = operator(namespace)
-    created = pipelines.create(kserve_pipeline(namespace, digits_file, minio))
+    created = pipelines.create(kserve_pipeline(namespace, digits_file, minio, ROLLOUT))
 
     # The first model is served at once: the operator creates the InferenceService, KServe
     # reconciles it to Ready, and the ModelPipeline is Ready with the InferenceService's URL.
@@ -317,7 +288,7 @@ def test_bad_metrics_roll_the_candidate_back_and_leave_the_stable_one_untouched(
     # Version 2's model server answers half of its requests with errors.
     played({"2": "error=0.5,seed=3"})
     operator(namespace)
-    pipelines.create(kserve_pipeline(namespace, digits_file, minio))
+    pipelines.create(kserve_pipeline(namespace, digits_file, minio, ROLLOUT))
     pipelines.wait_condition("digits", "Ready", timeout=240)
     stable = predictors(api, namespace)["mnist-v1-predictor"]
 

@@ -1,0 +1,276 @@
+"""KServe end to end on the real node: ``mlcd operator --serving kserve`` serves a promoted model,
+KServe makes its predictor, and the predictor pod runs on the real node (kubelet, containerd,
+kube-proxy): the storage initializer downloads the version from MinIO with the credentials
+KServe injects by reference, the project's runtime (deploy/kserve/clusterservingruntime.yaml)
+serves it, and it answers V2 requests through its Service, reached through the API server's
+service proxy.
+
+Devices of the test stack, not how users deploy:
+- the runtime's image is busybox with a ``python`` that runs the project's cached environment
+  through read-only hostPath mounts (``testenv.images.python_mounts``), in a copy of the
+  project's ServingRuntime that also carries the real node's placement;
+- KServe's storage initializer image cannot be pulled here (no registry) and its package is not
+  in the environment: a ClusterStorageContainer for this test's repository puts
+  ``storage_initializer.py`` in its place; KServe still injects the init container, its
+  arguments and the S3 credentials (``secretKeyRef``) itself;
+- MinIO listens on the host's loopback; a forwarder on the host's end of the node's link makes
+  it reachable from pods and from the operator at one endpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import pathlib
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+from kserve_helpers import ISVC, get_isvc, kserve_pipeline, minio_secret
+from kubernetes import client
+from played import digits_request
+
+from operator_process import OperatorProcess, Operators, Pipelines
+from testenv.cluster import Cluster
+from testenv.images import Image, busybox_layer, files_layer, python_mounts
+from testenv.minio import MinIO
+from testenv.node import RealNode
+from testenv.nodens import forwarder
+from testenv.prometheus import PrometheusAPI
+
+pytestmark = pytest.mark.real_node
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+IMAGE = "mlcd.test/kserve-runtime:1"
+RUNTIME = "mlcd-onnx-real-node"
+STORAGE = "mlcd-test-real-node"
+#: Only this test's model repositories (namespaces real-node-*) use the stand-in initializer.
+REPOSITORY = r"s3://mlcd-test/real-node-.*"
+
+
+class HostForward:
+    """``host:port`` on the host forwarded to ``127.0.0.1:target`` (a loopback-only server)."""
+
+    def __init__(self, host: str, target: int) -> None:
+        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind((host, 0))
+        self.listener.listen(64)
+        self.listener.setblocking(False)
+        self.host, self.port = host, self.listener.getsockname()[1]
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self._run, args=(target,), daemon=True)
+        self.thread.start()
+
+    def _run(self, target: int) -> None:
+        asyncio.set_event_loop(self.loop)
+        server = self.loop.run_until_complete(
+            asyncio.start_server(forwarder(target), sock=self.listener)
+        )
+        try:
+            self.loop.run_forever()
+        finally:
+            server.close()
+            self.loop.run_until_complete(server.wait_closed())
+            self.loop.close()
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
+        self.listener.close()
+
+
+@pytest.fixture(scope="module")
+def minio_for_pods(real_node: RealNode, minio: MinIO) -> Iterator[str]:
+    """The MinIO endpoint pods and the operator both reach."""
+    forward = HostForward(real_node.host_ip, minio.port)
+    try:
+        yield f"http://{forward.host}:{forward.port}"
+    finally:
+        forward.stop()
+
+
+def runtime_objects(placement: dict[str, Any]) -> list[dict[str, Any]]:
+    """The project's ServingRuntime, on the real node with the project's Python; the stand-in
+    storage initializer for this test's repositories."""
+    python = python_mounts()
+    runtime = yaml.safe_load(
+        (ROOT / "deploy" / "kserve" / "clusterservingruntime.yaml").read_text()
+    )
+    runtime["metadata"]["name"] = RUNTIME
+    spec = runtime["spec"]
+    [container] = spec["containers"]
+    container.update(image=IMAGE, imagePullPolicy="IfNotPresent")
+    container["volumeMounts"] = python.volume_mounts
+    spec.update(volumes=python.volumes, **placement)
+    storage = {
+        "apiVersion": "serving.kserve.io/v1alpha1",
+        "kind": "ClusterStorageContainer",
+        "metadata": {"name": STORAGE},
+        "spec": {
+            "workloadType": "initContainer",
+            "supportedUriFormats": [{"regex": REPOSITORY}],
+            "container": {
+                "name": "storage-initializer",
+                "image": IMAGE,
+                "imagePullPolicy": "IfNotPresent",
+                "command": [
+                    "python",
+                    str(pathlib.Path(__file__).with_name("storage_initializer.py")),
+                ],
+                "volumeMounts": python.volume_mounts,
+                "resources": {"requests": {"cpu": "50m", "memory": "128Mi"}},
+            },
+        },
+    }
+    return [runtime, storage]
+
+
+@pytest.fixture(scope="module")
+def real_node_runtime(cluster: Cluster, real_node: RealNode, kserve: Any) -> Iterator[str]:
+    """The runtime's image imported into the node, the runtime and the stand-in initializer."""
+    python = python_mounts()
+    launcher = f'#!/bin/sh\nexec {python.python} "$@"\n'.encode()
+    real_node.import_images(Image(IMAGE, (busybox_layer(), files_layer({"/bin/python": launcher}))))
+    text = json.dumps(
+        {"apiVersion": "v1", "kind": "List", "items": runtime_objects(real_node.placement)}
+    )
+    cluster.kubectl("apply", "--server-side", "-f", "-", input=text)
+    try:
+        yield RUNTIME
+    finally:
+        cluster.kubectl("delete", "-f", "-", "--ignore-not-found", input=text)
+
+
+@pytest.fixture
+def operator(
+    operator_kubeconfig: pathlib.Path,
+    prometheus: PrometheusAPI,
+    real_node_runtime: str,
+    tmp_path: pathlib.Path,
+    request: pytest.FixtureRequest,
+) -> Iterator[Callable[..., OperatorProcess]]:
+    with Operators(operator_kubeconfig, tmp_path, request) as operators:
+
+        def start(namespace: str) -> OperatorProcess:
+            env = {
+                "MLCD_SERVING": "kserve",
+                "MLCD_KSERVE_RUNTIME": real_node_runtime,
+                "MLCD_PROMETHEUS_URL": prometheus.url,
+            }
+            return operators.start(f"--namespace={namespace}", env=env)
+
+        yield start
+
+
+@pytest.fixture
+def pipelines(cluster: Cluster, api: client.ApiClient, minio: MinIO) -> Iterator[Pipelines]:
+    namespace = cluster.create_namespace(prefix="real-node-")
+    minio_secret(api, namespace, minio)
+    yield Pipelines(cluster, namespace)
+    cluster.delete_namespace(namespace)
+
+
+def proxied(
+    api: client.ApiClient,
+    namespace: str,
+    service: str,
+    method: str,
+    path: str,
+    body: dict[str, Any] | None = None,
+) -> Any:
+    """A request to ``service``'s port 80 through the API server's service proxy; the raw
+    response (``status``, ``data``)."""
+    where = f"/api/v1/namespaces/{namespace}/services/{service}:80/proxy{path}"
+    response = api.call_api(
+        where,
+        method,
+        header_params={"Content-Type": "application/json", "Accept": "application/json"},
+        body=body,
+        auth_settings=["BearerToken"],
+        _preload_content=False,
+        _return_http_data_only=True,
+    )
+    return response
+
+
+def predictor_pods(api: client.ApiClient, namespace: str, deployment: str) -> list[Any]:
+    core = client.CoreV1Api(api)
+    pods = core.list_namespaced_pod(namespace, label_selector=f"app=isvc.{deployment}").items
+    return [p for p in pods if not p.metadata.deletion_timestamp]
+
+
+def test_the_predictor_runs_on_the_real_node_and_answers_v2_through_its_service(
+    cluster: Cluster,
+    api: client.ApiClient,
+    pipelines: Pipelines,
+    operator: Callable[..., OperatorProcess],
+    minio: MinIO,
+    minio_for_pods: str,
+    digits_file: pathlib.Path,
+    tmp_path: pathlib.Path,
+) -> None:
+    namespace = pipelines.namespace
+    operator(namespace)
+    body = kserve_pipeline(namespace, digits_file, minio, {"steps": [100]})
+    body["spec"]["artifacts"]["endpoint"] = minio_for_pods
+    pipelines.create(body)
+    waited = cluster.kubectl(
+        "wait",
+        "--for=condition=Ready",
+        "modelpipeline/digits",
+        "-n",
+        namespace,
+        "--timeout=300s",
+        timeout=310,
+    )
+    assert waited.returncode == 0, waited.stderr
+
+    # KServe's predictor pod ran on the real node: the initializer downloaded the version with
+    # the injected credentials (by reference, never a value), the runtime serves it.
+    [pod] = predictor_pods(api, namespace, "mnist-v1-predictor")
+    assert pod.spec.node_name == "real-node"
+    [init] = pod.spec.init_containers
+    assert init.args == [f"s3://{minio.bucket}/{namespace}/mnist/1/", "/mnt/models"]
+    env = {e.name: e for e in init.env}
+    assert env["AWS_SECRET_ACCESS_KEY"].value_from.secret_key_ref.name == "mlcd-digits-s3"
+    assert env["AWS_SECRET_ACCESS_KEY"].value is None
+    assert env["AWS_ENDPOINT_URL"].value == minio_for_pods
+    assert pod.status.init_container_statuses[0].state.terminated.exit_code == 0
+    log = client.CoreV1Api(api).read_namespaced_pod_log(
+        pod.metadata.name, namespace, container="storage-initializer"
+    )
+    assert "metadata.json" in log and "model.onnx" in log
+
+    # V2 through the predictor's Service (the API server's service proxy: the host never
+    # sends traffic to a ClusterIP).
+    ready = proxied(api, namespace, "mnist-v1-predictor", "GET", f"/v2/models/{ISVC}/ready")
+    assert ready.status == 200, ready.data
+    request = digits_request(seed=5)
+    answered = proxied(
+        api, namespace, "mnist-v1-predictor", "POST", f"/v2/models/{ISVC}/infer", request
+    )
+    assert answered.status == 200, answered.data
+    answer = json.loads(answered.data)
+    [output] = answer["outputs"]
+    assert output["name"] == "logits" and output["shape"] == [1, 10]
+
+    # The very model the repository holds answers the same.
+    import onnxruntime
+
+    local = tmp_path / "model.onnx"
+    minio.client().fget_object(minio.bucket, f"{namespace}/mnist/1/model.onnx", str(local))
+    session = onnxruntime.InferenceSession(str(local))
+    pixels = np.asarray(request["inputs"][0]["data"], dtype=np.float32).reshape(1, 1, 28, 28)
+    expected = session.run(None, {"input": pixels})[0]
+    np.testing.assert_allclose(np.asarray(output["data"]).reshape(1, 10), expected, rtol=1e-5)
+    status = pipelines.status("digits")
+    isvc = get_isvc(api, namespace, ISVC)
+    assert isvc is not None and status["serving"]["url"] == isvc["status"]["url"]
+    with contextlib.suppress(client.ApiException):
+        pipelines.delete("digits")
