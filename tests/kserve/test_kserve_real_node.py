@@ -25,9 +25,12 @@ import json
 import pathlib
 import socket
 import threading
+import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 import yaml
@@ -35,8 +38,10 @@ from kserve_helpers import ISVC, get_isvc, kserve_pipeline, minio_secret
 from kubernetes import client
 from played import digits_request
 
+from helpers import metric_value, wait_for
 from operator_process import OperatorProcess, Operators, Pipelines
 from testenv.cluster import Cluster
+from testenv.gateway import Traefik
 from testenv.images import Image, busybox_layer, files_layer, python_mounts
 from testenv.minio import MinIO
 from testenv.node import RealNode
@@ -205,11 +210,99 @@ def predictor_pods(api: client.ApiClient, namespace: str, deployment: str) -> li
     return [p for p in pods if not p.metadata.deletion_timestamp]
 
 
-def test_the_predictor_runs_on_the_real_node_and_answers_v2_through_its_service(
+class PodTargets:
+    """The namespace's ready predictor pods scraped by Prometheus at their IPs, with the labels a
+    pod discovery job with ``labelmap`` attaches (``namespace``, the pod label ``app``), as a
+    cluster's scrape configuration does (docs/kserve.md, Analysis)."""
+
+    def __init__(self, api: client.ApiClient, namespace: str, prometheus: PrometheusAPI) -> None:
+        self.api, self.namespace, self.prometheus = api, namespace, prometheus
+        self.jobs: set[str] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        core = client.CoreV1Api(self.api)
+        while not self._stop.wait(0.5):
+            pods = core.list_namespaced_pod(self.namespace, label_selector="component=predictor")
+            ready = {
+                f"{self.namespace}-{p.metadata.name}": p
+                for p in pods.items
+                if p.status.pod_ip
+                and not p.metadata.deletion_timestamp
+                and any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])
+            }
+            for job, pod in ready.items():
+                if job not in self.jobs:
+                    labels = {"namespace": self.namespace, "app": pod.metadata.labels["app"]}
+                    self.prometheus.add_target(job, f"{pod.status.pod_ip}:8080", labels)
+                    self.jobs.add(job)
+            for job in self.jobs - set(ready):
+                self.prometheus.remove_target(job)
+                self.jobs.discard(job)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        for job in self.jobs:
+            self.prometheus.remove_target(job)
+
+
+class GatewayTraffic:
+    """Requests to the InferenceService's host through the Gateway, ``rate`` a second, bounded
+    in time; their status codes counted."""
+
+    def __init__(self, url: str, host: str, rate: float = 8.0, limit: float = 400.0) -> None:
+        self.url, self.host, self.rate, self.limit = url, host, rate, limit
+        self.codes: Counter[int] = Counter()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        deadline = time.monotonic() + self.limit
+        with httpx.Client(timeout=10, headers={"Host": self.host}) as http:
+            sent = 0
+            while not self._stop.wait(1 / self.rate) and time.monotonic() < deadline:
+                sent += 1
+                try:
+                    response = http.post(
+                        f"{self.url}/v2/models/{ISVC}/infer", json=digits_request(sent)
+                    )
+                    self.codes[response.status_code] += 1
+                except httpx.HTTPError:
+                    self.codes[0] += 1
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=15)
+
+
+def predictions(api: client.ApiClient, namespace: str, service: str) -> float:
+    """The predictions a predictor has made, from its own /metrics (through its Service)."""
+    text = proxied(api, namespace, service, "GET", "/metrics").data.decode()
+    return metric_value(text, "request_predict_seconds_count") or 0.0
+
+
+#: A step of half the traffic, then all of it; an analysis every 15 s on the real pods' metrics.
+ROLLOUT = {
+    "steps": [50, 100],
+    "interval": "15s",
+    "minSamples": 5,
+    "failureThreshold": 1,
+    "progressDeadline": "180s",
+    "metrics": [{"name": "success-rate", "min": 0.95}],
+}
+
+
+def test_predictors_run_on_the_real_node_and_a_canary_splits_real_traffic(
     cluster: Cluster,
     api: client.ApiClient,
     pipelines: Pipelines,
     operator: Callable[..., OperatorProcess],
+    gateway: Traefik,
+    prometheus: PrometheusAPI,
     minio: MinIO,
     minio_for_pods: str,
     digits_file: pathlib.Path,
@@ -217,7 +310,7 @@ def test_the_predictor_runs_on_the_real_node_and_answers_v2_through_its_service(
 ) -> None:
     namespace = pipelines.namespace
     operator(namespace)
-    body = kserve_pipeline(namespace, digits_file, minio, {"steps": [100]})
+    body = kserve_pipeline(namespace, digits_file, minio, ROLLOUT)
     body["spec"]["artifacts"]["endpoint"] = minio_for_pods
     pipelines.create(body)
     waited = cluster.kubectl(
@@ -256,10 +349,8 @@ def test_the_predictor_runs_on_the_real_node_and_answers_v2_through_its_service(
         api, namespace, "mnist-v1-predictor", "POST", f"/v2/models/{ISVC}/infer", request
     )
     assert answered.status == 200, answered.data
-    answer = json.loads(answered.data)
-    [output] = answer["outputs"]
+    [output] = json.loads(answered.data)["outputs"]
     assert output["name"] == "logits" and output["shape"] == [1, 10]
-
     # The very model the repository holds answers the same.
     import onnxruntime
 
@@ -269,8 +360,62 @@ def test_the_predictor_runs_on_the_real_node_and_answers_v2_through_its_service(
     pixels = np.asarray(request["inputs"][0]["data"], dtype=np.float32).reshape(1, 1, 28, 28)
     expected = session.run(None, {"input": pixels})[0]
     np.testing.assert_allclose(np.asarray(output["data"]).reshape(1, 10), expected, rtol=1e-5)
+
+    # Clients use the InferenceService's URL: the Gateway routes its host by mlcd's HTTPRoute.
     status = pipelines.status("digits")
     isvc = get_isvc(api, namespace, ISVC)
     assert isvc is not None and status["serving"]["url"] == isvc["status"]["url"]
+    host = status["serving"]["url"].split("://", 1)[1]
+    targets = PodTargets(api, namespace, prometheus)
+    traffic = GatewayTraffic(gateway.url, host)
+    try:
+        wait_for("answers through the Gateway", lambda: traffic.codes[200] >= 5, timeout=60)
+
+        # A second model rolls out: its predictor runs on the real node too, and at the 50 %
+        # step the Gateway splits the requests between the two pods.
+        pipelines.patch("digits", {"metadata": {"annotations": {"mlcd.io/trigger": "2"}}})
+        wait_for(
+            "the rollout at 50 %",
+            lambda: (pipelines.status("digits").get("rollout") or {}).get("step") == 1,
+            timeout=300,
+        )
+        [candidate] = predictor_pods(api, namespace, "mnist-v2-predictor")
+        assert candidate.spec.node_name == "real-node"
+        services = ("mnist-v1-predictor", "mnist-v2-predictor")
+        before = {s: predictions(api, namespace, s) for s in services}
+        time.sleep(6)
+        after = {s: predictions(api, namespace, s) for s in services}
+        assert (pipelines.status("digits").get("rollout") or {}).get("step") == 1
+        made = {s: after[s] - before[s] for s in services}
+        share = made["mnist-v2-predictor"] / sum(made.values())
+        assert sum(made.values()) >= 20 and 0.3 <= share <= 0.7, made
+        print(f"predictions in 6 s at the 50 % step: {made}")
+
+        # Prometheus judged the candidate on its pod's own metrics: promoted.
+        [run] = pipelines.wait_runs("digits", 2, timeout=300)[1:]
+        assert run["result"] == "promoted", run
+        rollout = pipelines.status("digits")["rollout"]
+        assert rollout["phase"] == "Promoted"
+        rates = [
+            r["value"]
+            for step in rollout["steps"]
+            for analysis in step["analyses"]
+            for r in analysis["results"]
+            if r["metric"] == "success-rate"
+        ]
+        assert rates and all(rate >= 0.95 for rate in rates), rollout["steps"]
+        wait_for(
+            "the old pod gone",
+            lambda: not predictor_pods(api, namespace, "mnist-v1-predictor"),
+            timeout=60,
+        )
+        served = traffic.codes[200]
+        wait_for("answers from the new version", lambda: traffic.codes[200] >= served + 5, 60)
+    finally:
+        traffic.stop()
+        targets.stop()
+    answered_ok = traffic.codes[200] / sum(traffic.codes.values())
+    print(f"status codes through the Gateway: {dict(traffic.codes)}")
+    assert answered_ok >= 0.95, traffic.codes
     with contextlib.suppress(client.ApiException):
         pipelines.delete("digits")
