@@ -95,6 +95,11 @@ def _parser() -> argparse.ArgumentParser:
     op.add_argument(
         "--kserve-runtime", help="ServingRuntime of InferenceServices (MLCD_KSERVE_RUNTIME)"
     )
+    op.add_argument(
+        "--kserve-deployment-mode",
+        choices=["RawDeployment", "Standard", "Serverless", "Knative"],
+        help="mode of new InferenceServices; default KServe's (MLCD_KSERVE_DEPLOYMENT_MODE)",
+    )
     op.add_argument("--prometheus-url", help="Prometheus for rollouts (MLCD_PROMETHEUS_URL)")
     op.add_argument(
         "--prometheus-targets",
@@ -473,6 +478,7 @@ def cmd_operator(args: argparse.Namespace) -> int:
         "watch_timeout": args.watch_timeout,
         "serving": args.serving,
         "kserve_runtime": args.kserve_runtime,
+        "kserve_deployment_mode": args.kserve_deployment_mode,
         "prometheus_url": args.prometheus_url,
         "prometheus_targets": args.prometheus_targets,
     }
