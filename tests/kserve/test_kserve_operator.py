@@ -25,6 +25,7 @@ from kubernetes import client
 from played import PlayedPredictors, PlayedTraffic
 
 from helpers import wait_for
+from mlcd.domain import kserve as rules
 from operator_process import (
     ACCOUNT,
     NAMESPACE,
@@ -440,3 +441,36 @@ def test_kserve_not_installed_is_a_clear_condition_and_no_crash_loop(
             assert "Traceback" not in started.tail(400)
     finally:
         bare.stop()
+
+
+def test_serverless_mode_is_the_operators_choice_and_knative_is_not_faked(
+    api: client.ApiClient,
+    pipelines: Pipelines,
+    operator: Callable[..., OperatorProcess],
+    minio: MinIO,
+    digits_file: pathlib.Path,
+) -> None:
+    """Knative cannot run here: the operator told to use Serverless creates the
+    InferenceService in that mode (one unnamed predictor, no route of its own), and since KServe
+    cannot make it ready, the first serve holds saying so; the Serverless canary patches are
+    checked in test_kserve_serving.py and test_kserve_router.py."""
+    namespace = pipelines.namespace
+    operator(namespace, env={"MLCD_KSERVE_DEPLOYMENT_MODE": "Serverless"})
+    pipelines.create(kserve_pipeline(namespace, digits_file, minio, ROLLOUT))
+    isvc = wait_for(
+        "the InferenceService", lambda: get_isvc(api, namespace, ISVC), timeout=240, interval=0.5
+    )
+    annotations = isvc["metadata"]["annotations"]
+    assert rules.parse_mode(annotations[rules.MODE_ANNOTATION]) == "Knative"
+    assert "name" not in isvc["spec"]["predictor"] and "canary" not in isvc["spec"]
+
+    def holding() -> dict[str, Any] | None:
+        for condition in pipelines.status("digits").get("conditions", []):
+            if condition["type"] == "Training" and "not ready yet" in condition["message"]:
+                return condition
+        return None
+
+    training = wait_for("the first serve to hold", holding, timeout=60)
+    assert "stage serve" in training["message"]
+    assert "serving" not in pipelines.status("digits")
+    assert route_weights(api, namespace) == {}
