@@ -285,10 +285,10 @@ def predictions(api: client.ApiClient, namespace: str, service: str) -> float:
     return metric_value(text, "request_predict_seconds_count") or 0.0
 
 
-#: A step of half the traffic, then all of it; an analysis every 15 s on the real pods' metrics.
+#: A step of half the traffic, then all of it; an analysis every 20 s on the real pods' metrics.
 ROLLOUT = {
     "steps": [50, 100],
-    "interval": "15s",
+    "interval": "20s",
     "minSamples": 5,
     "failureThreshold": 1,
     "progressDeadline": "180s",
@@ -382,14 +382,21 @@ def test_predictors_run_on_the_real_node_and_a_canary_splits_real_traffic(
         [candidate] = predictor_pods(api, namespace, "mnist-v2-predictor")
         assert candidate.spec.node_name == "real-node"
         services = ("mnist-v1-predictor", "mnist-v2-predictor")
+        # From the first request Traefik sends to the candidate (it applies a changed route
+        # after a moment), the requests of 8 s.
+        wait_for(
+            "the Gateway to send to the candidate",
+            lambda: predictions(api, namespace, "mnist-v2-predictor") > 0,
+            timeout=30,
+        )
         before = {s: predictions(api, namespace, s) for s in services}
-        time.sleep(6)
+        time.sleep(8)
         after = {s: predictions(api, namespace, s) for s in services}
         assert (pipelines.status("digits").get("rollout") or {}).get("step") == 1
         made = {s: after[s] - before[s] for s in services}
         share = made["mnist-v2-predictor"] / sum(made.values())
         assert sum(made.values()) >= 20 and 0.3 <= share <= 0.7, made
-        print(f"predictions in 6 s at the 50 % step: {made}")
+        print(f"predictions in 8 s at the 50 % step: {made}")
 
         # Prometheus judged the candidate on its pod's own metrics: promoted.
         [run] = pipelines.wait_runs("digits", 2, timeout=300)[1:]
