@@ -4,17 +4,18 @@ orchestration, in one run.
 
     .venv/bin/python benchmarks/loop_overhead.py [--set KEY=VALUE ...]
 
-Runs each side ``--repeat`` times, alternating, and prints the wall-time ratio (goal <= 1.10;
+Runs each side ``--repeat`` times (5), alternating, and prints the wall-time ratio (goal <= 1.10;
 the median of the back-to-back pairs' ratios), the example's holdout accuracy and wall time,
 the orchestrator's peak RSS (the CLI, the kfp.local runner and its component processes;
 trainer processes and the model server excluded, the server reported on its own) and the CPU
-time each kind of process used.
+time each kind of process used. For each pair it prints where the seconds went: each stage of
+mlcd beside the bare script's, the start, the gaps between stages (kfp.local starting the next
+component) and the end, and the CPU every other process took while trainers ran.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import pathlib
@@ -38,12 +39,36 @@ EXAMPLE = ROOT / "examples" / "mnist" / "modelpipeline.yaml"
 class RssSampler:
     """Peak RSS of a process tree, split into orchestration, trainers and the model server."""
 
-    def __init__(self, root_pid: int) -> None:
+    def __init__(self, root_pid: int, home: pathlib.Path) -> None:
         self.root = root_pid
+        # Other runs may share the machine: a process is this run's if it points into home.
+        self.home = str(home)
+        self.ours: dict[int, bool] = {}
         self.peak = {"orchestrator": 0, "trainers": 0, "server": 0}
         self.cpu: dict[int, tuple[str, float]] = {}  # pid -> (kind, CPU seconds last seen)
+        self.program: dict[int, str] = {}  # pid -> what it is, for the report
+        # CPU seconds of each non-trainer program while a trainer runs (it takes their cores).
+        self.beside_trainers: dict[str, float] = {}
+        self.trainer_seconds = 0.0  # wall seconds during which a trainer ran
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def name(argv: list[str]) -> str:
+        """What a process of the run is: the CLI, the runner, a component (by its function),
+        the model server, a trainer."""
+        text = " ".join(argv)
+        if "mlcd.cli" in text:
+            return "mlcd CLI"
+        if "mlcd.engines.runner" in text:
+            return "kfp.local runner"
+        if "mlcd.serving.modelserver" in text:
+            return "model server"
+        if "--function_to_execute" in argv:
+            return "component " + argv[argv.index("--function_to_execute") + 1]
+        if argv and argv[0].endswith("sh") and "executor_main" in text:
+            return "component shell"
+        return " ".join(argv[:3])[-60:]
 
     @staticmethod
     def kind(argv: list[str]) -> str:
@@ -56,23 +81,29 @@ class RssSampler:
         return "orchestrator"
 
     def _run(self) -> None:
+        last = time.monotonic()
         while not self.stop.is_set():
+            now = time.monotonic()
+            step, last = now - last, now
+            training = False
+            before = {pid: seconds for pid, (_, seconds) in self.cpu.items()}
             totals = dict.fromkeys(self.peak, 0)
             try:
                 root = psutil.Process(self.root)
                 procs = [root, *root.children(recursive=True)]
             except psutil.NoSuchProcess:
                 procs = []
-            # The runner and the server live in sessions of their own; find them by command.
+            # The runner, the server and the trainers live in sessions of their own: they are
+            # this run's when their command line or environment points into its home.
             for proc in psutil.process_iter():
-                try:
-                    cmd = " ".join(proc.cmdline())
-                except (psutil.NoSuchProcess, psutil.AccessDenied):
-                    continue
-                if "mlcd.engines.runner" in cmd or "mlcd.serving.modelserver" in cmd:
+                if proc.pid not in self.ours:
+                    try:
+                        text = " ".join([*proc.cmdline(), *proc.environ().values()])
+                    except (psutil.NoSuchProcess, psutil.AccessDenied):
+                        continue
+                    self.ours[proc.pid] = self.home in text
+                if self.ours[proc.pid]:
                     procs.append(proc)
-                    with contextlib.suppress(psutil.NoSuchProcess):
-                        procs.extend(proc.children(recursive=True))
             seen = set()
             for proc in procs:
                 if proc.pid in seen:
@@ -84,15 +115,24 @@ class RssSampler:
                         kind = self.cpu[proc.pid][0]
                     elif argv := proc.cmdline():
                         kind = self.kind(argv)
+                        self.program[proc.pid] = self.name(argv)
                     else:
                         continue
                     totals[kind] += proc.memory_info().rss
                     times = proc.cpu_times()
                     self.cpu[proc.pid] = (kind, times.user + times.system)
+                    training = training or kind == "trainers"
                 except (psutil.NoSuchProcess, psutil.AccessDenied):
                     continue
             for key, value in totals.items():
                 self.peak[key] = max(self.peak[key], value)
+            if training:
+                self.trainer_seconds += step
+                for pid, (kind, seconds) in self.cpu.items():
+                    if kind != "trainers":
+                        spent = seconds - before.get(pid, seconds)
+                        name = self.program.get(pid, "?")
+                        self.beside_trainers[name] = self.beside_trainers.get(name, 0.0) + spent
             time.sleep(0.1)
 
     def cpu_seconds(self) -> dict[str, float]:
@@ -127,12 +167,14 @@ def run_mlcd(home: pathlib.Path, data: pathlib.Path, sets: list[str]) -> dict:
     for item in sets:
         args += ["--set", item]
     started = time.monotonic()
+    started_at = time.time()
     proc = subprocess.Popen(
         args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
-    with RssSampler(proc.pid) as rss:
+    with RssSampler(proc.pid, home) as rss:
         out, err = proc.communicate()
     wall = time.monotonic() - started
+    ended_at = time.time()
     if proc.returncode != 0:
         raise SystemExit(f"mlcd run failed ({proc.returncode}):\n{err[-3000:]}")
     result = json.loads(out)
@@ -147,10 +189,40 @@ def run_mlcd(home: pathlib.Path, data: pathlib.Path, sets: list[str]) -> dict:
         "trials": tune["trials"],
         "rss": rss.peak,
         "cpu": rss.cpu_seconds(),
+        "beside_trainers": rss.beside_trainers,
+        "trainer_seconds": rss.trainer_seconds,
+        "phases": phases(run_dir, started_at, ended_at),
+        "trial_seconds": sum(float(t.get("seconds") or 0) for t in tune["trials"]),
     }
 
 
-def bare_loop(data: pathlib.Path, trials: list[dict], sets: list[str], work: pathlib.Path) -> float:
+def phases(run_dir: pathlib.Path, started_at: float, ended_at: float) -> dict[str, float]:
+    """Where the wall time of ``mlcd run`` went: each stage (from its own record), the start
+    (command to first stage), the gaps between stages (kfp.local starting the next component)
+    and the end (the last stage to the command's exit: serving and the report)."""
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    marks = [e for e in events if e["kind"] in ("stage-start", "stage-end")]
+    out: dict[str, float] = {}
+    if not marks:
+        return out
+    out["start"] = marks[0]["ts"] - started_at
+    gaps, open_at = 0.0, None
+    for event in marks:
+        if event["kind"] == "stage-start":
+            if open_at is not None:
+                gaps += event["ts"] - open_at
+            open_at = None
+        else:
+            out[event["stage"]] = float(event.get("seconds") or 0.0)
+            open_at = event["ts"]
+    out["between stages"] = gaps
+    out["end"] = ended_at - marks[-1]["ts"]
+    return out
+
+
+def bare_loop(
+    data: pathlib.Path, trials: list[dict], sets: list[str], work: pathlib.Path
+) -> tuple[float, dict[str, float]]:
     """The same compute as the pipeline, written as one plain script would do it."""
     pipeline, _ = load(EXAMPLE, [f"dataset.uri={data}", *sets])
     spec = pipeline.spec
@@ -179,6 +251,8 @@ def bare_loop(data: pathlib.Path, trials: list[dict], sets: list[str], work: pat
     ]
     threads = max(1, cpus // tuning.parallel_trials)
     running: list[subprocess.Popen] = []
+    began: dict[int, float] = {}
+    trial_seconds = 0.0  # each trial process's own wall time, summed
     while pending or running:
         while pending and len(running) < tuning.parallel_trials:
             running.append(
@@ -194,10 +268,14 @@ def bare_loop(data: pathlib.Path, trials: list[dict], sets: list[str], work: pat
                     ),
                 )
             )
+            began[running[-1].pid] = time.monotonic()
         while all(p.poll() is None for p in running):  # a slot frees when any trial ends
             time.sleep(0.05)
+        for p in running:
+            if p.poll() is not None:
+                trial_seconds += time.monotonic() - began[p.pid]
         running = [p for p in running if p.poll() is None]
-    phases = {"tune": time.monotonic() - started}
+    spent = {"tune": time.monotonic() - started, "trials": trial_seconds}
     best = max((t for t in trials if t["value"] is not None), key=lambda t: t["value"])
     model_dir = work / "model"
     workers = spec.trainer.workers
@@ -222,7 +300,7 @@ def bare_loop(data: pathlib.Path, trials: list[dict], sets: list[str], work: pat
             MLCD_MODEL_DIR=str(model_dir),
         ),
     )
-    phases["train"] = time.monotonic() - started - sum(phases.values())
+    spent["train"] = time.monotonic() - started - spent["tune"]
     subprocess.run(
         base,
         check=True,
@@ -239,19 +317,47 @@ def bare_loop(data: pathlib.Path, trials: list[dict], sets: list[str], work: pat
     session = ort.InferenceSession(str(model_dir / "model.onnx"))
     outputs = session.run(None, {"input": x[holdout].astype(np.float32)})[0]
     accuracy = float((outputs.argmax(1) == y[holdout]).mean())
-    phases["evaluate"] = time.monotonic() - started - sum(phases.values())
+    spent["evaluate"] = time.monotonic() - started - spent["tune"] - spent["train"]
+    print(f"  bare script holdout accuracy {accuracy:.4f}")
+    return time.monotonic() - started, spent
+
+
+def where_it_went(measured: dict, bare: float, bare_spent: dict[str, float]) -> None:
+    """One pair: each part of mlcd's wall time beside the bare script's, and the CPU the
+    other processes took while trainers ran (cores the trainers did not get)."""
+    spent = measured["phases"]
+    wall = measured["wall"]
+    print(f"  where the seconds went      mlcd     bare   (wall {wall:.1f} / {bare:.1f} s)")
+    rows = [
+        ("start (command to 1st stage)", spent.get("start"), None),
+        ("validate", spent.get("validate"), None),
+        ("tune (bare: with the split)", spent.get("tune"), bare_spent.get("tune")),
+        ("  trial processes (summed)", measured.get("trial_seconds"), bare_spent.get("trials")),
+        ("train", spent.get("train"), bare_spent.get("train")),
+        ("evaluate", spent.get("evaluate"), bare_spent.get("evaluate")),
+        ("gate + export", (spent.get("gate") or 0) + (spent.get("export") or 0), None),
+        ("between stages (kfp.local)", spent.get("between stages"), None),
+        ("end (report, serving, exit)", spent.get("end"), None),
+    ]
+    for name, mine, theirs in rows:
+        left = f"{mine:8.1f}" if mine is not None else "       -"
+        right = f"{theirs:8.1f}" if theirs is not None else "       -"
+        print(f"    {name:<28}{left} {right}")
+    beside = sorted(measured["beside_trainers"].items(), key=lambda kv: -kv[1])
     print(
-        f"  bare script holdout accuracy {accuracy:.4f}; "
-        + "  ".join(f"{k} {v:.1f}s" for k, v in phases.items())
+        f"  CPU of other processes while trainers ran ({measured['trainer_seconds']:.0f} s): "
+        + (
+            ", ".join(f"{name} {seconds:.1f} s" for name, seconds in beside if seconds >= 0.05)
+            or "none"
+        )
     )
-    return time.monotonic() - started
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--set", dest="sets", action="append", default=[])
     parser.add_argument(
-        "--repeat", type=int, default=3, help="runs of each, alternating; the medians are compared"
+        "--repeat", type=int, default=5, help="runs of each, alternating; the medians are compared"
     )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="mlcd-bench-") as tmp:
@@ -261,16 +367,32 @@ def main() -> None:
         data = work / "mnist.npz"
         write(data)
         walls, bares, runs = [], [], []
+        trials: list[dict] = []
         for i in range(args.repeat):
+            # Which side goes first alternates (after the first pair, whose trials the bare
+            # script needs): a machine growing busier or quieter favours neither.
+            first_bare = i % 2 == 1
+            if first_bare:
+                print(f"bare script, same trials and training ({i + 1}/{args.repeat}) ...")
+                (work / f"bare-{i}").mkdir()
+                bare, bare_spent = bare_loop(data, trials, args.sets, work / f"bare-{i}")
             print(f"mlcd run on the example ({i + 1}/{args.repeat}) ...", flush=True)
             measured = run_mlcd(work / f"home-{i}", data, args.sets)
             runs.append(measured)
             walls.append(measured["wall"])
+            if first_bare and [t["params"] for t in trials] != [
+                t["params"] for t in measured["trials"]
+            ]:
+                print("  (note: this run's trials differ from those the bare script ran)")
+            trials = measured["trials"]  # the seeded search gives the same ones each run
             print(f"  {measured['wall']:.1f} s", flush=True)
-            print(f"bare script, same trials and training ({i + 1}/{args.repeat}) ...", flush=True)
-            (work / f"bare-{i}").mkdir()
-            bares.append(bare_loop(data, measured["trials"], args.sets, work / f"bare-{i}"))
-            print(f"  {bares[-1]:.1f} s", flush=True)
+            if not first_bare:
+                print(f"bare script, same trials and training ({i + 1}/{args.repeat}) ...")
+                (work / f"bare-{i}").mkdir()
+                bare, bare_spent = bare_loop(data, trials, args.sets, work / f"bare-{i}")
+            bares.append(bare)
+            print(f"  {bare:.1f} s   pair ratio {measured['wall'] / bare:.3f}", flush=True)
+            where_it_went(measured, bare, bare_spent)
     measured = runs[-1]
     measured["wall"] = statistics.median(walls)
     bare = statistics.median(bares)

@@ -29,34 +29,41 @@ sys.path.insert(0, str(REPO / "tests"))
 
 
 class NoopEngine:
-    """Accepts a run and reports it finished (rejected) at the next look."""
+    """Accepts a run and reports it finished (rejected) at the next look: the benchmark
+    measures the operator, not the training."""
 
     def __init__(self) -> None:
-        self.runs: dict[str, Any] = {}
+        self.runs: dict[Any, Any] = {}
 
     def submit(self, request: Any) -> None:
-        self.runs.setdefault(request.run_id, request)
+        self.runs.setdefault(request.key, request)
 
-    def get(self, run_id: str, attempt: int = 1) -> Any:
+    def get(self, key: Any) -> Any:
         from mlcd.domain.records import RunRecord
 
-        request = self.runs.get(run_id)
+        request = self.runs.get(key)
         if request is None:
             return None
         return RunRecord(
-            id=run_id,
+            id=key.run,
             trigger=request.trigger,
             result="rejected",
             stage="validate",
             reason="no-op engine: nothing was trained",
         )
 
-    def cancel(self, run_id: str, attempt: int = 1) -> None:
-        self.runs.pop(run_id, None)
+    def cancel(self, key: Any) -> None:
+        self.runs.pop(key, None)
 
-    def resource(self, run_id: str, attempt: int = 1) -> dict[str, Any] | None:
-        request = self.runs.get(run_id)
+    def resource(self, key: Any) -> dict[str, Any] | None:
+        request = self.runs.get(key)
         return request.spec if request else None
+
+    def live(self, pipeline: Any) -> list[str]:
+        return sorted({k.run for k in self.runs if k.pipeline == pipeline})
+
+    def finalize(self, key: Any, record: Any) -> None:
+        """Nothing kept."""
 
 
 def serve_operator(state: str, pipelines: int) -> None:

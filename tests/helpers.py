@@ -139,3 +139,32 @@ def metric_value(text: str, name: str, **labels: str) -> float | None:
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                 return float(sample.value)
     return None
+
+
+def softmax_model(folder: pathlib.Path, features: int = 4, classes: int = 3) -> Any:
+    """A small ONNX model (input ``input`` [batch, features] FP32, output ``logits``) written
+    by the test trainer into ``folder``; returns its ModelRef as version 1."""
+    import numpy as np
+
+    from mlcd.artifacts.hashing import sha256_file
+    from mlcd.domain.records import ModelRef
+
+    sys.path.insert(0, str(SOFTMAX_TRAINER.parent))
+    from softmax_trainer import export
+
+    folder.mkdir(parents=True, exist_ok=True)
+    weights = np.arange(features * classes, dtype=np.float32).reshape(features, classes)
+    export(weights, np.zeros(classes, np.float32), (features,), folder)
+    return ModelRef(uri=folder.as_uri(), version="1", sha256=sha256_file(folder / "model.onnx"))
+
+
+def run_python_trainer(folder: pathlib.Path, code: str, timeout: float = 120) -> Any:
+    """Runs ``python -c code`` as a trainer through run_trainer; returns (TrainerRun, log)."""
+    from mlcd.domain.spec import Trainer
+    from mlcd.pipeline.trainer import ProcessGroups, run_trainer
+
+    trainer = Trainer.model_validate({"command": [sys.executable, "-c", code]})
+    log = folder / "trainer.log"
+    groups = ProcessGroups(folder / "procs")
+    result = run_trainer(trainer, args=[], env={}, log_path=log, groups=groups, timeout=timeout)
+    return result, log

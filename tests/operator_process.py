@@ -38,18 +38,17 @@ INSTALLED_KINDS = {
 }
 
 
-def install_operator(cluster: Cluster, extra: Sequence[pathlib.Path] = ()) -> None:
+def install_operator(cluster: Cluster, components: Sequence[str] = ()) -> None:
     """The CRDs, the operator's namespace, ServiceAccount, RBAC and peering objects (the
-    cluster-wide overlay with the peering component), and ``extra`` manifests (e.g.
-    deploy/kserve/rbac.yaml)."""
+    cluster-wide overlay with the peering component and ``components`` of deploy/components,
+    e.g. ``kserve``)."""
     cluster.install_crds(ROOT / "crds")
     cluster.install_crds(ROOT / "deploy" / "crds")
     overlay = ROOT / "deploy" / "overlays" / "cluster-wide"
-    manifests = kustomize(overlay, [ROOT / "deploy" / "components" / "peering"])
+    parts = [ROOT / "deploy" / "components" / name for name in ("peering", *components)]
+    manifests = kustomize(overlay, parts)
     wanted = [m for m in manifests if m["kind"] in INSTALLED_KINDS]
     cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(wanted))
-    for path in extra:
-        cluster.kubectl("apply", "-f", str(path))
     cluster.wait_service_account(NAMESPACE, ACCOUNT)
 
 

@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from mlcd import __version__
+from mlcd.domain.numbers import json_safe
 from mlcd.domain.spec import ModelPipeline
 from mlcd.domain.status import RunSummary
 from mlcd.errors import MlcdError, SpecError
@@ -94,6 +95,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     op.add_argument(
         "--kserve-runtime", help="ServingRuntime of InferenceServices (MLCD_KSERVE_RUNTIME)"
+    )
+    op.add_argument(
+        "--kserve-namespace", help="KServe's namespace, its ConfigMap (MLCD_KSERVE_NAMESPACE)"
     )
     op.add_argument(
         "--kserve-deployment-mode",
@@ -261,7 +265,8 @@ def cmd_run(args: argparse.Namespace, out: Console, err: Console) -> int:
         return EXIT_INTERRUPTED
     result = _summary(loop, pipeline, summary, time.monotonic() - started)
     if args.output == "json":
-        sys.stdout.write(json.dumps(result, indent=2, default=str) + "\n")
+        text = json.dumps(json_safe(result), indent=2, default=str, allow_nan=False)
+        sys.stdout.write(text + "\n")
     else:
         _print_summary(out, result)
     if interrupts.set:
@@ -404,7 +409,7 @@ def cmd_status(args: argparse.Namespace, out: Console) -> int:
     if args.name and not rows:
         raise MlcdError(f"no pipeline {args.namespace}/{args.name} has run on this machine")
     if args.output == "json":
-        sys.stdout.write(json.dumps(rows, indent=2, default=str) + "\n")
+        sys.stdout.write(json.dumps(json_safe(rows), indent=2, default=str, allow_nan=False) + "\n")
         return EXIT_OK
     if not rows:
         out.print("no pipeline has run on this machine yet")
@@ -478,6 +483,7 @@ def cmd_operator(args: argparse.Namespace) -> int:
         "watch_timeout": args.watch_timeout,
         "serving": args.serving,
         "kserve_runtime": args.kserve_runtime,
+        "kserve_namespace": args.kserve_namespace,
         "kserve_deployment_mode": args.kserve_deployment_mode,
         "prometheus_url": args.prometheus_url,
         "prometheus_targets": args.prometheus_targets,

@@ -80,6 +80,19 @@ def describe(args: argparse.Namespace, out: Console) -> int:
             f"[bold]Serving:[/] version {serving['version']} at {serving.get('url')} "
             f"(sha256 {serving['sha256']})"
         )
+    rollout = status.get("rollout")
+    if rollout:
+        out.print(
+            f"[bold]Rollout:[/] version {rollout.get('candidate')} {rollout.get('phase')}, "
+            f"step {rollout.get('step', 0)} at {rollout.get('canaryWeight', 0)}%, "
+            f"{rollout.get('failedChecks', 0)} failed checks: {rollout.get('reason', '')}"
+        )
+        for result in rollout.get("lastAnalysis") or []:
+            out.print(
+                f"  {result.get('metric')}: {result.get('value')} "
+                f"({result.get('samples')} requests) {result.get('verdict')} "
+                f"{result.get('reason', '')}"
+            )
     conditions = Table(
         "TYPE", "STATUS", "REASON", "MESSAGE", title="Conditions", title_justify="left", box=None
     )

@@ -102,6 +102,12 @@ class OperatorSettings:
     kserve_runtime: str = field(
         default_factory=lambda: os.environ.get("MLCD_KSERVE_RUNTIME", "mlcd-onnx")
     )
+    #: The namespace KServe is installed in, whose ConfigMap ``inferenceservice-config`` gives
+    #: the default deployment mode, the S3 key names and the Gateway (``MLCD_KSERVE_NAMESPACE``;
+    #: Kubeflow's manifests install KServe in ``kubeflow``).
+    kserve_namespace: str = field(
+        default_factory=lambda: os.environ.get("MLCD_KSERVE_NAMESPACE", "kserve")
+    )
     #: The deployment mode of the InferenceServices mlcd creates: RawDeployment (Standard) or
     #: Serverless (Knative); None leaves it to KServe's default (``MLCD_KSERVE_DEPLOYMENT_MODE``).
     kserve_deployment_mode: str | None = field(

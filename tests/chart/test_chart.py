@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
+from mlcd.engines.kubeflow.settings import KubeflowSettings, SecretKeyRef
 from mlcd.settings import OperatorSettings
 from testenv.binaries import binary
 from testenv.manifests import CHART, KUBE_VERSION, MODES, container_env, documents, find, helm, one
@@ -121,6 +122,15 @@ WRONG_VALUES = [
     ("prometheusRule.for=ten minutes", "for"),
     ("replicas=2", "replicas"),
     ("replicas=2,operator.engine=kubeflow", "peering"),
+    ("operator.engine=kubeflow", "kubeflow.endpoint"),
+    ("operator.serving=knative", "serving"),
+    ("kserve.namespace=KServe", "namespace"),
+    ("prometheus.url=prometheus:9090", "url"),
+    ("kubeflow.endpoint=ml-pipeline", "endpoint"),
+    ("kubeflow.training=MPIJob", "training"),
+    ("kubeflow.tokenSecret.name=KFP_Token", "name"),
+    ("kubeflow.podAnnotations.a=x\\,y", "podAnnotations"),
+    ("kubeflow.poll=0", "poll"),
 ]
 
 
@@ -163,7 +173,7 @@ def test_every_value_is_documented(generate):
 SETTINGS = {
     "namespaces": ("watchNamespaces={team-a,team-b}", ["team-a", "team-b"]),
     "state_dir": (None, pathlib.Path("/var/lib/mlcd")),
-    "engine": ("operator.engine=kubeflow", "kubeflow"),
+    "engine": ("operator.engine=kubeflow,kubeflow.endpoint=http://kfp:8888", "kubeflow"),
     "max_active_runs": ("operator.maxActiveRuns=5", 5),
     "tick": ("operator.tick=2.5", 2.5),
     "workers": ("operator.workers=4", 4),
@@ -173,32 +183,84 @@ SETTINGS = {
     "peering": ("peering.enabled=true,peering.name=team-peering", "team-peering"),
     "priority": ("peering.priority=7", 7),
     "liveness": ("healthPort=8181", "http://0.0.0.0:8181/healthz"),
+    "serving": ("operator.serving=kserve", "kserve"),
+    "kserve_runtime": ("kserve.runtime=kserve-onnx", "kserve-onnx"),
+    "kserve_namespace": ("kserve.namespace=kubeflow", "kubeflow"),
+    "prometheus_url": (
+        "prometheus.url=http://prometheus.monitoring:9090",
+        "http://prometheus.monitoring:9090",
+    ),
 }
 # Settings that are no chart value, and why.
 NOT_VALUES = {
     "kubeconfig": "in a pod the operator uses its ServiceAccount",
     "clock_file": "a test and dry-run aid",
-    "prometheus_url": "the local engine's rollouts only; in a cluster, KServe serving",
-    "prometheus_targets": "the local engine's rollouts only: its own Prometheus' folder",
+    "prometheus_targets": "file discovery for a Prometheus on the operator's host (local "
+    "serving on one machine); no Prometheus reads a folder of the operator's pod",
     "candidate_faults": "a test and demo device",
+}
+# KubeflowSettings field -> (--set of a value, the value it must read); the engine is on only
+# with an endpoint, so every case sets one.
+KUBEFLOW_SETTINGS = {
+    "endpoint": (
+        "kubeflow.endpoint=http://ml-pipeline.kubeflow:8888",
+        "http://ml-pipeline.kubeflow:8888",
+    ),
+    "namespace": ("kubeflow.namespace=team-a-profile", "team-a-profile"),
+    "token_secret": (
+        "kubeflow.tokenSecret.name=kfp,kubeflow.tokenSecret.namespace=auth,"
+        "kubeflow.tokenSecret.key=bearer",
+        SecretKeyRef("auth", "kfp", "bearer"),
+    ),
+    "training": ("kubeflow.training=PyTorchJob", "PyTorchJob"),
+    "runtime": ("kubeflow.trainingRuntime=torch-gpu", "torch-gpu"),
+    "service_account": ("kubeflow.serviceAccount=trainer", "trainer"),
+    "pod_annotations": (
+        "kubeflow.podAnnotations.example\\.com/team=a,kubeflow.podAnnotations.tier=batch",
+        {"example.com/team": "a", "tier": "batch"},
+    ),
+    "poll_seconds": ("kubeflow.poll=2.5", 2.5),
+}
+KUBEFLOW_NOT_VALUES = {
+    "steps_kubeconfig": "for steps that run outside the cluster: the tests",
+    "attempts": "a constant of the engine, not read from the environment",
+    "backoff_seconds": "a constant of the engine, not read from the environment",
 }
 
 
-def test_every_operator_setting_is_a_value_or_says_why_not():
-    fields = {f.name for f in dataclasses.fields(OperatorSettings)}
-    assert fields == set(SETTINGS) | set(NOT_VALUES)
+@pytest.mark.parametrize(
+    ("settings", "values", "not_values"),
+    [
+        (OperatorSettings, SETTINGS, NOT_VALUES),
+        (KubeflowSettings, KUBEFLOW_SETTINGS, KUBEFLOW_NOT_VALUES),
+    ],
+)
+def test_every_operator_setting_is_a_value_or_says_why_not(settings, values, not_values):
+    fields = {f.name for f in dataclasses.fields(settings)}
+    assert fields == set(values) | set(not_values)
 
 
-def test_the_operator_reads_each_value_as_its_setting(render, monkeypatch):
-    sets = [s for s, _ in SETTINGS.values() if s]
+@pytest.mark.parametrize(
+    ("settings", "values"), [(OperatorSettings, SETTINGS), (KubeflowSettings, KUBEFLOW_SETTINGS)]
+)
+def test_the_operator_reads_each_value_as_its_setting(render, monkeypatch, settings, values):
+    sets = [s for s, _ in values.values() if s]
     env = container_env(one(render(None, *sets), "Deployment"))
     for name in [n for n in os.environ if n.startswith("MLCD_")]:
         monkeypatch.delenv(name)
     for name, value in env.items():
         assert isinstance(value, str), (name, value)
         monkeypatch.setenv(name, value)
-    settings = OperatorSettings()
-    assert {f: getattr(settings, f) for f in SETTINGS} == {f: v for f, (_, v) in SETTINGS.items()}
+    read = settings()
+    assert {f: getattr(read, f) for f in values} == {f: v for f, (_, v) in values.items()}
+
+
+def test_a_kubeflow_token_is_passed_by_reference_only(render):
+    """The Secret's name reaches the operator; the chart never holds or renders its value."""
+    docs = render("kubeflow", "kubeflow.tokenSecret.key=bearer")
+    env = container_env(one(docs, "Deployment"))
+    assert env["MLCD_KFP_TOKEN_SECRET"] == "mlcd-system/kfp-token#bearer"
+    assert find(docs, "Secret") == []
 
 
 def test_promtool_checks_the_alert_rules(helm_home, tmp_path):
@@ -217,4 +279,4 @@ def test_promtool_checks_the_alert_rules(helm_home, tmp_path):
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 4 rules found" in result.stdout, result.stdout
+    assert "SUCCESS: 5 rules found" in result.stdout, result.stdout

@@ -17,7 +17,8 @@ from mlcd.metrics.operator import OperatorMetrics
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 DOCS = REPO / "docs"
-REASON = re.compile(r"^[A-Z][a-z]+(?:[A-Z][a-z0-9]*)*$")
+# CamelCase, a word of two capitals allowed (KServeNotInstalled); never ALLCAPS.
+REASON = re.compile(r"^[A-Z](?:[A-Z]?[a-z0-9]+)+$")
 
 
 def test_the_reference_is_generated_from_the_crd(generate):
@@ -27,9 +28,10 @@ def test_the_reference_is_generated_from_the_crd(generate):
 
 def reasons_in_code() -> dict[str, set[str]]:
     """Condition and Event reasons, found where the operator's code states them: a condition
-    as a (type, status, reason, ...) or (status, reason, message) tuple, a ``reason=``
-    argument, a Notice(type, reason, ...), and maps from an observation (``Seen.X``) to the
-    Event it posts."""
+    as a (type, status, reason, ...) or (status, reason, message) tuple, or as the (reason,
+    message) a ``condition_of`` function returns; an Event as a Notice(type, reason, ...) or
+    the rollout's PostEvent(type, reason, ...), and maps from an observation (``Seen.X``) to
+    the Event it posts (the run table's and the rollout's)."""
     types = set(get_args(ConditionType))
     found: dict[str, set[str]] = {"condition": set(), "event": set()}
 
@@ -53,8 +55,13 @@ def reasons_in_code() -> dict[str, set[str]]:
                     found["condition"].add(second)
             if isinstance(node, ast.Call):
                 name = getattr(node.func, "id", getattr(node.func, "attr", ""))
-                if name == "Notice" and len(node.args) >= 2 and constant(node.args[1]):
+                events = ("Notice", "PostEvent")
+                if name in events and len(node.args) >= 2 and constant(node.args[1]):
                     found["event"].add(str(constant(node.args[1])))
+            if isinstance(node, ast.FunctionDef) and node.name.startswith("condition_of"):
+                returned = [r.value for r in ast.walk(node) if isinstance(r, ast.Return)]
+                tuples = [r for r in returned if isinstance(r, ast.Tuple)]
+                found["condition"] |= {c for t in tuples if (c := constant(t.elts[0]))}
             if isinstance(node, ast.Dict) and node.keys:
                 keys = [k for k in node.keys if isinstance(k, ast.Attribute)]
                 if len(keys) == len(node.keys) and all(
@@ -67,7 +74,9 @@ def reasons_in_code() -> dict[str, set[str]]:
 def test_the_scan_finds_the_reasons_it_is_meant_to():
     found = reasons_in_code()
     assert {"InvalidSpec", "WaitingForCapacity", "Serving", "NoModel"} <= found["condition"]
+    assert {"KServeNotInstalled", "InferenceServiceNotReady"} <= found["condition"]
     assert {"Promoted", "RunStarted", "RunFailed", "MissedSchedule"} <= found["event"]
+    assert {"RolloutStarted", "RolledBack", "StepPassed", "RoutesRestored"} <= found["event"]
 
 
 @pytest.mark.parametrize("kind", ["condition", "event"])

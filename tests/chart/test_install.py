@@ -82,6 +82,8 @@ def test_the_chart_installs_and_its_pod_is_admitted(cluster, mode):
     sets = [f"peering.name={release}"]  # cluster-wide names of parallel installs never meet
     if values.get("watchNamespaces"):
         sets.append(f"watchNamespaces={{{','.join(watched)}}}")
+    if values.get("kserve"):  # KServe's namespace, where a Role lets it read KServe's ConfigMap
+        sets.append(f"kserve.namespace={watched[0]}")
     try:
         cluster.helm(
             "install",
@@ -244,10 +246,14 @@ def every_install(render) -> dict[str, str]:
     builds["chart defaults"] = yaml.safe_dump_all(render())
     for overlay in ("cluster-wide", "namespaced"):
         builds[f"overlay {overlay}"] = kustomize_text(DEPLOY / "overlays" / overlay)
-    components = [DEPLOY / "components" / c for c in ("peering", "monitoring")]
+    components = [DEPLOY / "components" / c for c in ("peering", "monitoring", "kubeflow")]
     builds["overlay cluster-wide + components"] = kustomize_text(
         DEPLOY / "overlays" / "cluster-wide", components
     )
+    for overlay in ("cluster-wide", "namespaced"):
+        builds[f"overlay {overlay} + kserve"] = kustomize_text(
+            DEPLOY / "overlays" / overlay, [DEPLOY / "components" / "kserve"]
+        )
     return builds
 
 

@@ -31,10 +31,20 @@ PAIRS = {
         [],
     ),
 }
+# A serving target's or an engine's component, in each overlay, and the chart's mode of it.
+for _target in ("kserve", "kubeflow"):
+    for _overlay, _sets in (("cluster-wide", []), ("namespaced", ["watchNamespaces={team-a}"])):
+        PAIRS[f"{_overlay} with {_target}"] = (
+            DEPLOY / "overlays" / _overlay,
+            [DEPLOY / "components" / _target],
+            _target,
+            _sets,
+        )
 
 
 def rbac(docs: list[dict[str, Any]]) -> dict[tuple[str, str, str], Any]:
-    """(kind, namespace, name) -> each rule as a set of (group, resource, verb), or the binding."""
+    """(kind, namespace, name) -> each rule as a set of (group, resource, verb, names), or the
+    binding; names are the rule's resourceNames (empty: every object of the resource)."""
     out: dict[tuple[str, str, str], Any] = {}
     for doc in docs:
         if doc["kind"] not in RBAC_KINDS:
@@ -42,7 +52,7 @@ def rbac(docs: list[dict[str, Any]]) -> dict[tuple[str, str, str], Any]:
         key = (doc["kind"], doc["metadata"].get("namespace", ""), doc["metadata"]["name"])
         if "rules" in doc:
             out[key] = {
-                (group, resource, verb)
+                (group, resource, verb, tuple(sorted(rule.get("resourceNames", []))))
                 for rule in doc["rules"]
                 for group in rule["apiGroups"]
                 for resource in rule["resources"]
@@ -96,9 +106,41 @@ def test_the_namespaced_overlay_grants_nothing_cluster_wide_but_crds():
     built = rbac(kustomize(DEPLOY / "overlays" / "namespaced"))
     cluster = [k for k in built if k[0] == "ClusterRole"]
     assert [built[k] for k in cluster] == [
-        {("apiextensions.k8s.io", "customresourcedefinitions", v) for v in ("list", "watch")}
+        {("apiextensions.k8s.io", "customresourcedefinitions", v, ()) for v in ("list", "watch")}
     ]
-    assert ("", "secrets", "get") in built[("Role", "team-a", "mlcd-operator")]
+    assert ("", "secrets", "get", ()) in built[("Role", "team-a", "mlcd-operator")]
+
+
+@pytest.mark.parametrize("overlay", ["cluster-wide", "namespaced"])
+def test_the_kserve_component_grants_its_rules_where_pipelines_are_watched(overlay):
+    """Where the watched namespaces' rules are (the ClusterRole or the Role in team-a), and
+    KServe's ConfigMap by name in KServe's namespace; nothing of it anywhere else."""
+    plain = rbac(kustomize(DEPLOY / "overlays" / overlay))
+    built = rbac(kustomize(DEPLOY / "overlays" / overlay, [DEPLOY / "components" / "kserve"]))
+    holder = {
+        "cluster-wide": ("ClusterRole", "", "mlcd-operator"),
+        "namespaced": ("Role", "team-a", "mlcd-operator"),
+    }[overlay]
+    added = {k: built[k] - plain.get(k, set()) for k in built if k[0] in ("Role", "ClusterRole")}
+    assert {k: v for k, v in added.items() if v} == {
+        holder: {
+            ("serving.kserve.io", "inferenceservices", v, ())
+            for v in ("get", "list", "create", "patch", "delete")
+        }
+        | {
+            ("gateway.networking.k8s.io", "httproutes", v, ())
+            for v in ("get", "create", "patch", "delete")
+        }
+        | {
+            ("", r, v, ())
+            for r in ("secrets", "serviceaccounts")
+            for v in ("create", "patch", "delete")
+        }
+        | {("mlcd.io", "modelpipelines/finalizers", "update", ())},
+        ("Role", "kserve", "mlcd-operator-kserve"): {
+            ("", "configmaps", "get", ("inferenceservice-config",))
+        },
+    }
 
 
 def test_the_monitoring_component_is_generated_from_the_chart(generate):

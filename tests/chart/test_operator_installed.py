@@ -1,7 +1,9 @@
-"""The operator as the chart installs it (namespaced mode, named peering), run with the rendered
-ServiceAccount's token and the rendered container's settings through a whole run; a permission
+"""The operator as the chart installs it (namespaced mode, named peering, your Prometheus for
+rollouts), run with the rendered ServiceAccount's token and the rendered container's settings
+through a promoted run, a failed one and a rollout the real Prometheus rolls back; a permission
 outside its Role refused; its live /metrics linted by promtool; every PromQL expression of the
-dashboard and the alerts answered by a real Prometheus scraping it."""
+dashboard and the alerts answered by a real Prometheus scraping it, each alert firing on its
+cause."""
 
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ import yaml
 from kubernetes import client
 
 from helpers import softmax_pipeline, wait_for
+from mlcd.domain.spec import TRIGGER_ANNOTATION
 from testenv.binaries import binary
 from testenv.cluster import Cluster
 from testenv.manifests import CHART, KUBE_VERSION, container_env, documents, one
@@ -36,6 +39,19 @@ RELEASE = "mlcd-e2e"
 GROUP, VERSION, PLURAL = "mlcd.io", "v1alpha1", "modelpipelines"
 # Grafana's variables as a user's first look at the dashboard sets them.
 RANGE, RATE_INTERVAL = "1h", "1m"
+# A rollout that its analyses end quickly: every answer of a candidate is an error (the
+# candidate fault injection, a test device), so its success rate fails at the first step.
+ROLLOUT = {
+    "steps": [50, 100],
+    "interval": "3s",
+    "minSamples": 10,
+    "failureThreshold": 1,
+    "progressDeadline": "3m",
+    "metrics": [{"name": "success-rate", "min": 0.99}],
+    "traffic": {"rate": 20},
+}
+CANDIDATE_FAULTS = "error=1"
+ENDED = ("Promoted", "RolledBack", "Failed")
 
 
 @dataclass
@@ -69,7 +85,9 @@ def token_kubeconfig(cluster: Cluster, namespace: str, account: str, path: Path)
 
 
 @pytest.fixture(scope="module")
-def installed(apiserver: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installed]:
+def installed(
+    apiserver: Cluster, prometheus: PrometheusAPI, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Installed]:
     apiserver.install_crds(REPO / "crds")
     apiserver.install_crds(REPO / "deploy" / "crds")
     suffix = uuid.uuid4().hex[:6]
@@ -82,6 +100,7 @@ def installed(apiserver: Cluster, tmp_path_factory: pytest.TempPathFactory) -> I
         f"peering.name=e2e-{suffix}",
         "operator.tick=1",
         "persistence.enabled=false",
+        f"prometheus.url={prometheus.url}",
     ]
     apiserver.helm(
         "install", RELEASE, str(CHART), "-n", namespace, *[a for s in sets for a in ("--set", s)]
@@ -104,9 +123,10 @@ def installed(apiserver: Cluster, tmp_path_factory: pytest.TempPathFactory) -> I
 
 class InstalledOperator:
     """``mlcd operator`` with the settings of the rendered container; only its paths and ports
-    are this machine's (the state folder, /metrics and the liveness endpoint)."""
+    are this machine's (the state folder, /metrics, the liveness endpoint, and the folder from
+    which Prometheus discovers the routers and model servers of local serving)."""
 
-    def __init__(self, installed: Installed, state: Path, log: Path) -> None:
+    def __init__(self, installed: Installed, state: Path, log: Path, targets: Path) -> None:
         env = container_env(installed.deployment)
         self.metrics_port, self.health_port = free_port(), free_port()
         rendered = {k: v for k, v in env.items() if isinstance(v, str) and k != "HOME"}
@@ -114,6 +134,7 @@ class InstalledOperator:
             MLCD_STATE_DIR=str(state),
             MLCD_METRICS_PORT=str(self.metrics_port),
             MLCD_METRICS_ADDRESS="127.0.0.1",
+            MLCD_PROMETHEUS_TARGETS=str(targets),
             MLCD_LIVENESS=re.sub(
                 r"//0\.0\.0\.0:\d+/", f"//127.0.0.1:{self.health_port}/", env["MLCD_LIVENESS"]
             ),
@@ -126,10 +147,12 @@ class InstalledOperator:
             **rendered,
             "KUBECONFIG": str(installed.kubeconfig),
             "MLCD_SERVING_PORT": "0",
+            "MLCD_CANDIDATE_FAULTS": CANDIDATE_FAULTS,
         }
         self.state, self.log = state, log
         self.proc: subprocess.Popen[bytes] | None = None
         self.runs: dict[str, list[dict[str, Any]]] = {}
+        self.rollout: dict[str, Any] = {}
 
     def start(self) -> InstalledOperator:
         with self.log.open("ab") as out:
@@ -191,13 +214,15 @@ def ran(
     prometheus: PrometheusAPI,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[InstalledOperator]:
-    """The operator after a promoted run (artifacts in MinIO through a Secret) and a failed one."""
+    """The operator after a promoted run (artifacts in MinIO through a Secret), a failed one,
+    and a run of the promoted pipeline whose rollout the real Prometheus's answers roll back."""
     from mnist_trainer.dataset import write
 
     folder = tmp_path_factory.mktemp("installed")
     digits = folder / "digits.npz"
     write(digits)
-    operator = InstalledOperator(installed, folder / "state", folder / "operator.log")
+    state = folder / "state"
+    operator = InstalledOperator(installed, state, folder / "operator.log", prometheus.targets_dir)
     prometheus.add_target(installed.job, f"127.0.0.1:{operator.metrics_port}")
     with installed.cluster.api_client() as api:
         core = client.CoreV1Api(api)
@@ -220,6 +245,9 @@ def ran(
                 "endpoint": minio.endpoint,
                 "credentialsSecretRef": {"name": "minio-creds"},
             },
+            # Every model that clears the bound is rolled out, better than the serving one or not.
+            gate={"metric": "accuracy", "min": 0.8, "baseline": {"compareTo": "none"}},
+            serving={"inferenceService": "digits", "rollout": ROLLOUT},
         )
         pipelines = client.CustomObjectsApi(api)
         operator.start()
@@ -229,38 +257,83 @@ def ran(
                     GROUP, VERSION, installed.watched, PLURAL, resource
                 )
 
-            def finished(name: str) -> list[dict[str, Any]] | None:
-                status = pipelines.get_namespaced_custom_object(
+            def status(name: str) -> dict[str, Any]:
+                found = pipelines.get_namespaced_custom_object(
                     GROUP, VERSION, installed.watched, PLURAL, name
-                ).get("status", {})
-                runs = status.get("runs", [])
-                return runs if runs and not status.get("activeRuns") else None
+                )
+                return dict(found.get("status", {}))
+
+            def finished(name: str) -> list[dict[str, Any]] | None:
+                now = status(name)
+                runs = now.get("runs", [])
+                return runs if runs and not now.get("activeRuns") else None
 
             operator.runs = {
                 name: wait_for(f"a finished run of {name}", lambda n=name: finished(n), 240)
                 for name in ("digits", "broken")
             }
+            # Another run of digits, on demand: its model is rolled out, and rolled back.
+            pipelines.patch_namespaced_custom_object(
+                GROUP,
+                VERSION,
+                installed.watched,
+                PLURAL,
+                "digits",
+                {"metadata": {"annotations": {TRIGGER_ANNOTATION: "rollout"}}},
+            )
+
+            def rolled_out() -> dict[str, Any] | None:
+                now = status("digits")
+                rollout = now.get("rollout") or {}
+                runs = {r["id"]: r for r in now.get("runs", [])}
+                return now if rollout.get("phase") in ENDED and rollout.get("run") in runs else None
+
+            rolled = wait_for("the rollout of a second model of digits", rolled_out, 240)
+            operator.runs["digits"] = rolled["runs"]
+            operator.rollout = rolled["rollout"]
             yield operator
         finally:
             operator.stop()
             prometheus.remove_target(installed.job)
             from mlcd.engines.local import LocalEngine
+            from mlcd.ports import PipelineKey
             from mlcd.serving.local import LocalServing
+            from mlcd.serving.router.haproxy import LocalRouter
 
             LocalEngine(operator.state).cancel_everything(grace=5.0)
             serving = LocalServing(operator.state)
             for key in serving.pipelines():
                 serving.stop(key)
+            router = LocalRouter(operator.state, targets_dir=prometheus.targets_dir)
+            for slug in (operator.state / "router").glob("*"):  # <namespace>.<name>-<uid>
+                namespace, _, folder = slug.name.partition(".")
+                router.finalize(PipelineKey(namespace, folder))
             if not operator.runs:
                 print(operator.log.read_text()[-6000:])
 
 
 def test_the_installed_operator_trains_gates_and_serves(ran):
-    [run] = ran.runs["digits"]
-    assert run["result"] == "promoted", run
-    assert run["model"]["uri"].startswith("s3://")  # through the Secret its Role may read
+    first, *_ = ran.runs["digits"]
+    assert first["result"] == "promoted", first
+    assert first["model"]["uri"].startswith("s3://")  # through the Secret its Role may read
     [failed] = ran.runs["broken"]
     assert failed["result"] == "failed"
+
+
+def test_the_installed_operator_rolls_back_what_its_prometheus_refuses(ran):
+    """Analysed by the Prometheus the chart's prometheus.url names: every request the candidate
+    answered was an error, so the rollout rolls back at the first step and the run is rejected."""
+    rollout = ran.rollout
+    assert rollout["phase"] == "RolledBack", rollout
+    assert "success-rate" in rollout["reason"], rollout["reason"]
+    [check] = [r for r in rollout["lastAnalysis"] if r["metric"] == "success-rate"]
+    assert check["verdict"] == "fail" and check["value"] == 0.0, check
+    assert (
+        rollout["canaryWeight"] == 0
+        and rollout["stable"] == ran.runs["digits"][0]["model"]["version"]
+    )
+    [run] = [r for r in ran.runs["digits"] if r["id"] == rollout["run"]]
+    assert run["result"] == "rejected", run
 
 
 def kubectl_as_operator(installed: Installed, *args: str) -> subprocess.CompletedProcess[str]:
@@ -392,7 +465,15 @@ def test_every_alert_measures_live_data_and_fires_on_its_cause(
         "MlcdReconcileErrors",
         "MlcdRunsFailing",
         "MlcdServingModelStale",
+        "MlcdRolloutRolledBack",
     }
+    # The rolled-back rollout fires its alert, for that pipeline only. (A scheduled run may be
+    # rolling out again meanwhile; its rollout ends rolled back too.)
+    rolled_back = returns_data(prometheus, rules["MlcdRolloutRolledBack"], timeout=90)
+    assert [
+        (s["metric"]["namespace"], s["metric"]["pipeline"], s["metric"]["phase"])
+        for s in rolled_back
+    ] == [(installed.watched, "digits", "RolledBack")]
     # The failed run fires its alert, for that pipeline only.
     firing = returns_data(prometheus, rules["MlcdRunsFailing"], timeout=60)
     assert [(s["metric"]["namespace"], s["metric"]["pipeline"]) for s in firing] == [

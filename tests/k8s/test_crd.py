@@ -193,19 +193,23 @@ def test_kubectl_apply_of_the_example_stores_what_the_operator_parses(
 
     # The API server applied the models' defaults...
     spec = stored["spec"]
-    assert spec["serving"]["rollout"] == {
-        "steps": [100],
-        "interval": "1m",
+    rollout = spec["serving"]["rollout"]
+    assert (rollout["steps"], rollout["interval"], rollout["traffic"]) == (
+        [20, 50, 100],
+        "10s",
+        {"rate": 20, "source": "holdout"},
+    )
+    assert {k: rollout[k] for k in ("failureThreshold", "failureCounting", "noData")} == {
         "failureThreshold": 2,
         "failureCounting": "consecutive",
-        "minSamples": 20,
         "noData": "hold",
-        "progressDeadline": "10m",
-        "onFailure": "rollback",
-        "pause": False,
-        "promote": False,
-        "abort": False,
     }
+    assert (rollout["onFailure"], rollout["pause"], rollout["promote"], rollout["abort"]) == (
+        "rollback",
+        False,
+        False,
+        False,
+    )
     assert spec["tuning"]["trialTimeout"] == "30m"
     assert spec["tuning"]["parameters"][1]["distribution"] == "uniform"
     assert spec["trainer"]["metricsCollector"] == {"kind": "StdOut"}
@@ -368,3 +372,80 @@ def test_kubectl_explain_documents_every_field(
         alias = field.alias or name
         assert re.search(rf"\b{alias}\b", out), alias
         assert field.description and words(field.description) in out, alias
+
+
+# -- Kubernetes API conventions (what kube-api-linter checks on the Kubeflow Trainer's API) -----
+
+
+def convention_problems(schema: dict[str, Any]) -> list[str]:
+    """Every string without maxLength or enum, every array without maxItems or a list type,
+    and conditions that are not a map keyed by type; each named by its field path."""
+    problems = []
+    for part in ("spec", "status"):
+        for path, node in schema_nodes(schema["properties"][part], part):
+            kind = node.get("type")
+            if kind == "string" and "maxLength" not in node and "enum" not in node:
+                problems.append(f"{path}: a string needs maxLength or enum")
+            if kind == "array":
+                if "maxItems" not in node:
+                    problems.append(f"{path}: an array needs maxItems")
+                if "x-kubernetes-list-type" not in node:
+                    problems.append(f"{path}: an array needs x-kubernetes-list-type")
+                elif node["x-kubernetes-list-type"] == "map":
+                    keys = node.get("x-kubernetes-list-map-keys") or []
+                    required = set(node.get("items", {}).get("required", []))
+                    if not keys or not set(keys) <= required:
+                        problems.append(f"{path}: map list keys {keys} must be required fields")
+    conditions = schema["properties"]["status"]["properties"]["conditions"]
+    if conditions.get("x-kubernetes-list-type") != "map" or conditions.get(
+        "x-kubernetes-list-map-keys"
+    ) != ["type"]:
+        problems.append("status.conditions: must be listType map keyed by type")
+    return problems
+
+
+def test_the_schema_follows_the_kubernetes_api_conventions() -> None:
+    problems = convention_problems(openapi())
+    assert problems == [], "\n".join(problems)
+
+
+def test_the_convention_check_names_the_field_at_fault() -> None:
+    schema = copy.deepcopy(openapi())
+    status = schema["properties"]["status"]["properties"]
+    status["note"] = {"type": "string"}
+    status["notes"] = {"type": "array", "items": {"type": "string", "maxLength": 8}}
+    del status["conditions"]["x-kubernetes-list-map-keys"]
+    assert convention_problems(schema) == [
+        "status.conditions: map list keys [] must be required fields",
+        "status.note: a string needs maxLength or enum",
+        "status.notes: an array needs maxItems",
+        "status.notes: an array needs x-kubernetes-list-type",
+        "status.conditions: must be listType map keyed by type",
+    ]
+
+
+def test_non_finite_metrics_and_long_texts_reach_the_status_and_back(crd_pipelines: Any) -> None:
+    import math
+
+    body = copy.deepcopy(MINIMAL)
+    body["metadata"]["name"] = "odd-numbers"
+    created = crd_pipelines.create(body)
+    run = (
+        a_status()
+        .runs[0]
+        .model_copy(
+            update={
+                "metrics": {"accuracy": 0.5, "custom": math.nan, "loss": math.inf},
+                "reason": "gate: custom is NaN: never passes; " + "x" * 10_000,
+            }
+        )
+    )
+    status = a_status().model_copy(update={"runs": [run]})
+    sent = status.model_dump(by_alias=True, mode="json", exclude_none=True)
+    stored = crd_pipelines.replace_status({**created, "status": sent})
+    assert stored["status"]["runs"][0]["metrics"] == {"accuracy": 0.5, "custom": None, "loss": None}
+    back = ModelPipelineStatus.model_validate(stored["status"])
+    assert math.isnan(back.runs[0].metrics["custom"]) and back.runs[0].metrics["accuracy"] == 0.5
+    reason = back.runs[0].reason or ""
+    # A summary's reason is cut to its bound; the whole text is in the run's record.
+    assert reason.startswith("gate: custom is NaN: never passes") and len(reason) == 512

@@ -33,9 +33,10 @@ def pipelines_crd(cluster: Cluster) -> None:
 
 @pytest.fixture(scope="session")
 def operator_kubeconfig(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The operator's ServiceAccount with the rules deploy/ and deploy/kserve/rbac.yaml give it,
-    and a kubeconfig holding its token, nothing more: a missing permission shows."""
-    install_operator(cluster, [ROOT / "deploy" / "kserve" / "rbac.yaml"])
+    """The operator's ServiceAccount with the rules the cluster-wide overlay and the kserve
+    component (deploy/components/kserve) give it, and a kubeconfig holding its token, nothing
+    more: a missing permission shows."""
+    install_operator(cluster, ["kserve"])
     path = tmp_path_factory.mktemp("operator") / "kubeconfig"
     return cluster.token_kubeconfig(NAMESPACE, ACCOUNT, path)
 

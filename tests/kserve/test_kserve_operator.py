@@ -1,5 +1,5 @@
 """``mlcd operator --serving kserve`` end to end on the simulated node: the real operator process
-as its ServiceAccount (deploy/ and deploy/kserve/rbac.yaml), KServe's own controller, the model
+as its ServiceAccount (deploy/ with its kserve component), KServe's own controller, the model
 repository in MinIO, Prometheus deciding the rollouts.
 
 The pipelines train with the numpy test trainer (seconds) and publish to MinIO; the operator
@@ -40,7 +40,6 @@ from testenv.minio import MinIO
 from testenv.prometheus import PrometheusAPI
 from testenv.stack import Stack
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
 ROUTE = "mlcd-digits"
 #: Steps of 20, 50 and 100 %, an analysis every 4 s, at least 5 requests each.
 ROLLOUT = {
@@ -411,7 +410,8 @@ def test_kserve_not_installed_is_a_clear_condition_and_no_crash_loop(
         apiserver = bare.component("kube-apiserver")
         assert isinstance(apiserver, KubeAPIServer)
         cluster = Cluster(apiserver)
-        install_operator(cluster, [ROOT / "deploy" / "kserve" / "rbac.yaml"])
+        cluster.kubectl("create", "namespace", "kserve")  # the kserve component's Role is there
+        install_operator(cluster, ["kserve"])
         kubeconfig = cluster.token_kubeconfig(NAMESPACE, ACCOUNT, tmp_path / "kubeconfig")
         namespace = cluster.create_namespace(prefix="bare-")
         with cluster.api_client() as api:

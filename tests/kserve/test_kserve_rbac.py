@@ -1,5 +1,7 @@
-"""Serving and a rollout on KServe as the operator's ServiceAccount, with the cluster-wide
-overlay's RBAC and deploy/kserve/rbac.yaml and nothing more: a missing permission shows here."""
+"""Serving and a rollout on KServe as the operator's ServiceAccount, with the RBAC of the
+cluster-wide overlay and the kserve component (deploy/components/kserve) and nothing more: a
+missing permission shows here. The chart's `operator.serving: kserve` renders the same rules
+(tests/chart/test_kustomize.py)."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from mlcd.ports import PipelineKey, Routes
 from mlcd.serving.kserve.api import KubeAPI
 from mlcd.serving.kserve.resources import Options, Pipeline
 from mlcd.serving.kserve.router import KServeRouter
-from mlcd.serving.kserve.serving import PipelineServing
+from mlcd.serving.kserve.serving import PipelineServing, read_kserve_config
 
 
 def test_serving_and_a_rollout_with_the_operators_permissions(
@@ -34,6 +36,8 @@ def test_serving_and_a_rollout_with_the_operators_permissions(
         )
         router = KServeRouter(kube)
         key = PipelineKey(namespace, pipeline.name, pipeline.uid)
+        # Refused, KServe's ConfigMap would read as empty and KServe's defaults would apply.
+        assert "deploy" in read_kserve_config(kube)
 
         serving.serve(ref("1"))
         router.reconcile(key, serving.predictor_url(ref("1")), None)

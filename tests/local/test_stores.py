@@ -7,6 +7,7 @@ import hashlib
 import io
 import pathlib
 import shutil
+import threading
 import uuid
 
 import pytest
@@ -136,3 +137,63 @@ def test_s3_problems_are_told_apart(minio, s3, model_file, tmp_path, monkeypatch
     down = location.model_copy(update={"endpoint": "http://127.0.0.1:9"})
     with pytest.raises(StoreUnavailable, match="unreachable"):
         open_store(down).versions("m")
+
+
+def test_concurrent_s3_publishers_never_share_a_version_nor_remove_each_others(minio, s3, tmp_path):
+    location, prefix = s3
+    writers = 8
+    failing = {2, 5}  # these fail after uploading their model: their cleanup runs meanwhile
+    barrier = threading.Barrier(writers)
+    outcomes: dict[int, object] = {}
+
+    def publish(n: int) -> None:
+        model = tmp_path / f"model-{n}.onnx"
+        model.write_bytes(f"model of writer {n} ".encode() * 1000)
+        files = {"model.onnx": model}
+        if n in failing:
+            files["extra.bin"] = tmp_path / "missing.bin"
+        store = open_store(location)  # a client of its own, as another process has
+        barrier.wait()
+        try:
+            outcomes[n] = store.publish("m", f"run-{n}", files, {"writer": n})
+        except FileNotFoundError as exc:
+            outcomes[n] = exc
+
+    threads = [threading.Thread(target=publish, args=(n,)) for n in range(writers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    published = {n: ref for n, ref in outcomes.items() if n not in failing}
+    assert all(isinstance(outcomes[n], FileNotFoundError) for n in failing), outcomes
+    versions = [ref.version for ref in published.values()]
+    assert len(set(versions)) == len(versions) == writers - len(failing), versions
+    store = open_store(location)
+    assert sorted(store.versions("m"), key=int) == sorted(versions, key=int)
+    for n, ref in published.items():
+        meta = store.metadata("m", ref.version)
+        assert meta["run"] == f"run-{n}" and meta["writer"] == n
+        fetched = store.fetch("m", ref.version, tmp_path / "cache") / "model.onnx"
+        assert fetched.read_bytes() == (tmp_path / f"model-{n}.onnx").read_bytes()
+        assert hashlib.sha256(fetched.read_bytes()).hexdigest() == ref.sha256 == meta["sha256"]
+    # The failed writers left nothing; every object belongs to a published version.
+    client = minio.client()
+    names = [o.object_name for o in client.list_objects(minio.bucket, f"{prefix}/m/", True)]
+    assert {name.split("/")[-2] for name in names} == set(versions)
+
+
+def test_a_claim_left_by_a_killed_writer_is_skipped_or_resumed_by_its_run(minio, s3, model_file):
+    location, prefix = s3
+    client = minio.client()
+    claim = b'{"run": "run-killed", "nonce": "x"}'
+    client.put_object(minio.bucket, f"{prefix}/m/1/claim.json", io.BytesIO(claim), len(claim))
+    client.put_object(minio.bucket, f"{prefix}/m/1/model.onnx", io.BytesIO(b"half"), 4)
+    store = open_store(location)
+    assert store.versions("m") == []
+    other = store.publish("m", "run-other", {"model.onnx": model_file}, {})
+    assert other.version == "2"
+    resumed = store.publish("m", "run-killed", {"model.onnx": model_file}, {})
+    assert resumed.version == "1"
+    assert store.versions("m") == ["1", "2"]
+    assert store.metadata("m", "1")["run"] == "run-killed"

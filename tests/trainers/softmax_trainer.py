@@ -6,7 +6,8 @@ run in seconds. ``--fault=NAME`` makes it misbehave the way a user's code can:
 ``no-metrics``, ``no-model``, ``parity`` (evaluation outputs differ from the ONNX model's),
 ``sleep`` (trials sleep for an hour), ``leak`` (training writes its whole environment to
 ``$ENV_DUMP`` as JSON, prints the contents of ``$LEAK_FILE`` to stderr and fails: a trainer
-that got hold of a secret and shows it).
+that got hold of a secret and shows it), ``eval-nan``, ``eval-inf``, ``eval-neginf``
+(evaluation prints ``custom=nan``, ``inf`` or ``-inf``).
 """
 
 from __future__ import annotations
@@ -110,6 +111,8 @@ def main() -> int:
             logits = logits + 0.5
         np.save(os.environ["MLCD_PREDICTIONS_PATH"], logits)
         print("eval-extra=1.5")
+        custom = {"eval-nan": "nan", "eval-inf": "inf", "eval-neginf": "-inf"}.get(args.fault)
+        print(f"custom={custom or 0.5}")
         return 0
     if stage == "trial":
         if args.fault == "sleep":

@@ -393,7 +393,7 @@ def test_the_status_stays_small_with_the_largest_records():
             ok=False,
             samples=10**9,
             class_counts=list(range(10_000)),
-            problems=["bad"] * 1000,
+            problems=["bad " * 250] * 32,
             drift={"feature-psi": 1.0, "label-psi": 1.0},
         ),
         timings={s: 1.0 for s in ("validate", "tune", "train")},
@@ -401,7 +401,7 @@ def test_the_status_stays_small_with_the_largest_records():
     huge = huge.model_copy(
         update={
             "gate": huge.gate.model_copy(
-                update={"checks": [GateCheck(name="min", passed=False, detail="y" * 5000)] * 50}
+                update={"checks": [GateCheck(name="min", passed=False, detail="y" * 1024)] * 8}
             )
         }
     )

@@ -51,12 +51,22 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- default (printf "%s-state" (include "mlcd.fullname" .)) .Values.persistence.existingClaim -}}
 {{- end -}}
 
-{{/* The two rules of the install that a schema states less clearly than a sentence. */}}
+{{/* The KFP token Secret as MLCD_KFP_TOKEN_SECRET reads it: namespace/name#key. */}}
+{{- define "mlcd.kfpTokenRef" -}}
+{{- with .Values.kubeflow.tokenSecret -}}
+{{- printf "%s/%s#%s" (default $.Release.Namespace .namespace) .name .key -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The rules of the install that a schema states less clearly than a sentence. */}}
 {{- define "mlcd.validate" -}}
 {{- if and (gt (int .Values.replicas) 1) (eq .Values.operator.engine "local") -}}
 {{- fail "replicas: the local engine runs with 1 replica (its runs, models and servers live on one node's volume); more replicas are for the kubeflow engine" -}}
 {{- end -}}
 {{- if and (gt (int .Values.replicas) 1) (not .Values.peering.enabled) -}}
 {{- fail "peering.enabled: several replicas must peer, or each of them would act" -}}
+{{- end -}}
+{{- if and (eq .Values.operator.engine "kubeflow") (not .Values.kubeflow.endpoint) -}}
+{{- fail "kubeflow.endpoint: operator.engine kubeflow needs the Kubeflow Pipelines API's address (e.g. http://ml-pipeline.kubeflow:8888)" -}}
 {{- end -}}
 {{- end -}}

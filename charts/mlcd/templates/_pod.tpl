@@ -49,6 +49,12 @@ spec:
         - {name: MLCD_LIVENESS, value: {{ printf "http://0.0.0.0:%d/healthz" (int .Values.healthPort) | quote }}}
         # Libraries keep caches under HOME; the root filesystem is read-only.
         - {name: HOME, value: /tmp}
+        {{- with include "mlcd.servingEnv" . | trim }}
+        {{- . | nindent 8 }}
+        {{- end }}
+        {{- with include "mlcd.kubeflowEnv" . | trim }}
+        {{- . | nindent 8 }}
+        {{- end }}
         {{- if .Values.peering.enabled }}
         - {name: MLCD_PEERING, value: {{ include "mlcd.peeringName" . | quote }}}
         {{- if gt (int .Values.replicas) 1 }}
@@ -110,4 +116,43 @@ spec:
   affinity:
     {{- toYaml . | nindent 4 }}
   {{- end }}
+{{- end -}}
+
+
+{{/* Serving on KServe and the Prometheus of rollouts; the operator's default serving is local. */}}
+{{- define "mlcd.servingEnv" -}}
+{{- if eq .Values.operator.serving "kserve" }}
+- {name: MLCD_SERVING, value: kserve}
+- {name: MLCD_KSERVE_RUNTIME, value: {{ .Values.kserve.runtime | quote }}}
+- {name: MLCD_KSERVE_NAMESPACE, value: {{ .Values.kserve.namespace | quote }}}
+{{- end }}
+{{- with .Values.prometheus.url }}
+- {name: MLCD_PROMETHEUS_URL, value: {{ . | quote }}}
+{{- end }}
+{{- end -}}
+
+{{/* The Kubeflow engine's settings, when its endpoint is set; the token by reference only. */}}
+{{- define "mlcd.kubeflowEnv" -}}
+{{- with .Values.kubeflow }}
+{{- if .endpoint }}
+- {name: MLCD_KFP_ENDPOINT, value: {{ .endpoint | quote }}}
+- {name: MLCD_KFP_NAMESPACE, value: {{ .namespace | quote }}}
+{{- if .tokenSecret.name }}
+- {name: MLCD_KFP_TOKEN_SECRET, value: {{ include "mlcd.kfpTokenRef" $ | quote }}}
+{{- end }}
+- {name: MLCD_KUBEFLOW_TRAINING, value: {{ .training | quote }}}
+- {name: MLCD_KUBEFLOW_RUNTIME, value: {{ .trainingRuntime | quote }}}
+{{- with .serviceAccount }}
+- {name: MLCD_KUBEFLOW_SERVICE_ACCOUNT, value: {{ . | quote }}}
+{{- end }}
+{{- with .podAnnotations }}
+{{- $pairs := list }}
+{{- range $key, $value := . }}
+{{- $pairs = append $pairs (printf "%s=%s" $key $value) }}
+{{- end }}
+- {name: MLCD_KUBEFLOW_POD_ANNOTATIONS, value: {{ join "," $pairs | quote }}}
+{{- end }}
+- {name: MLCD_KUBEFLOW_POLL, value: {{ .poll | quote }}}
+{{- end }}
+{{- end }}
 {{- end -}}

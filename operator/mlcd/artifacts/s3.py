@@ -10,6 +10,7 @@ import json
 import os
 import pathlib
 import re
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
@@ -26,6 +27,8 @@ from mlcd.errors import PermanentError, StoreUnavailable, VersionExists
 from mlcd.ports import DatasetObject
 
 METADATA = "metadata.json"
+#: Created first, conditionally: whoever creates it owns the version.
+CLAIM = "claim.json"
 T = TypeVar("T")
 _MISSING = ("NoSuchKey", "NoSuchObject", "NoSuchVersion")
 
@@ -76,8 +79,14 @@ def _call(what: str, fn: Callable[[], T]) -> T:
 
 
 class S3Store:
-    """``s3://bucket/<prefix>/<model>/<version>/``. ``metadata.json`` is written last and is
-    the commit mark: a version without it is not listed, and its leftovers are removed."""
+    """``s3://bucket/<prefix>/<model>/<version>/``.
+
+    A version is taken by creating its ``claim.json`` with a conditional PUT
+    (``If-None-Match: *``): of two writers, exactly one creates it, the other takes the next
+    number. Only the claimant writes into the version, and ``metadata.json``, written last,
+    is the commit mark: a version without it is not listed. A failed upload removes what it
+    wrote, its claim last; a writer killed midway leaves its claim, and that number is
+    skipped (or resumed by the same run)."""
 
     def __init__(self, client: Minio, bucket: str, prefix: str) -> None:
         self.client, self.bucket, self.prefix = client, bucket, prefix
@@ -112,9 +121,7 @@ class S3Store:
     def versions(self, model: str) -> list[str]:
         return sorted(self._all_versions(model)[1], key=int)
 
-    def metadata(self, model: str, version: str) -> dict[str, Any] | None:
-        key = self._key(model, version, METADATA)
-
+    def _read_json(self, key: str) -> dict[str, Any] | None:
         def read() -> bytes | None:
             try:
                 response = self.client.get_object(self.bucket, key)
@@ -131,6 +138,54 @@ class S3Store:
         data = _call(f"reading {key}", read)
         return None if data is None else dict(json.loads(data))
 
+    def metadata(self, model: str, version: str) -> dict[str, Any] | None:
+        return self._read_json(self._key(model, version, METADATA))
+
+    def _create(self, key: str, body: bytes) -> bool:
+        """PUTs ``key`` only if no object has that name (``If-None-Match: *``); True if this
+        call created it. minio's put_object sends no conditional headers: _put_object is its
+        single-request PUT."""
+
+        def put() -> bool:
+            try:
+                self.client._put_object(
+                    self.bucket,
+                    key,
+                    body,
+                    headers={"If-None-Match": "*", "Content-Type": "application/json"},
+                )
+            except S3Error as exc:
+                if exc.code == "PreconditionFailed":
+                    return False
+                raise
+            return True
+
+        return _call(f"creating {key}", put)
+
+    def _claim(self, model: str, run_id: str, seen: set[str]) -> tuple[str, dict[str, Any]]:
+        """Takes a version for ``run_id``: one this run claimed before (a run retried after a
+        crash resumes it), else the next number no one has claimed."""
+        for version in sorted(seen, key=int, reverse=True):
+            claim = self._read_json(self._key(model, version, CLAIM))
+            if claim and claim.get("run") == run_id:
+                return version, claim
+        taken = set(seen)
+        for _ in range(100):
+            version = next_version(taken)
+            claim = {
+                "run": run_id,
+                "nonce": uuid.uuid4().hex,
+                "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            }
+            key = self._key(model, version, CLAIM)
+            if self._create(key, json.dumps(claim).encode()):
+                return version, claim
+            # Taken by another writer, or by this very request answered late (a retry).
+            if (self._read_json(key) or {}).get("nonce") == claim["nonce"]:
+                return version, claim
+            taken.add(version)
+        raise VersionExists(f"could not take a new version of {model} in 100 tries")
+
     def publish(
         self, model: str, run_id: str, files: Mapping[str, pathlib.Path], metadata: dict[str, Any]
     ) -> ModelRef:
@@ -143,9 +198,8 @@ class S3Store:
                 return ModelRef(
                     uri=self.uri(model, version), version=version, sha256=str(meta["sha256"])
                 )
-        # Versions left half-written by a crash are skipped, never reused.
-        version = next_version(seen)
         digest = sha256_file(files["model.onnx"])
+        version, _ = self._claim(model, run_id, seen - committed)
         meta = {
             **metadata,
             "version": version,
@@ -157,27 +211,18 @@ class S3Store:
         try:
             for name, source in files.items():
                 key = self._key(model, version, name)
+                written.append(key)
                 _call(
                     f"uploading {key}",
                     functools.partial(self.client.fput_object, self.bucket, key, str(source)),
                 )
-                written.append(key)
             marker = self._key(model, version, METADATA)
-            if self.metadata(model, version) is not None:
-                raise VersionExists(f"{self.uri(model, version)} already exists")
             body = json.dumps(meta, indent=2, sort_keys=True).encode()
-            _call(
-                f"uploading {marker}",
-                lambda: self.client.put_object(
-                    self.bucket,
-                    marker,
-                    io.BytesIO(body),
-                    len(body),
-                    content_type="application/json",
-                ),
-            )
+            if not self._create(marker, body):
+                raise VersionExists(f"{self.uri(model, version)} already exists")
         except BaseException:
-            for key in written:
+            # Only this version's objects: it is ours until its claim goes, which goes last.
+            for key in [*written, self._key(model, version, CLAIM)]:
                 with contextlib.suppress(Exception):
                     self.client.remove_object(self.bucket, key)
             raise
@@ -190,7 +235,7 @@ class S3Store:
         target.mkdir(parents=True, exist_ok=True)
         base = self._key(model, version) + "/"
         for rel in list(self._objects(model)):
-            if rel.startswith(version + "/"):
+            if rel.startswith(version + "/") and rel != f"{version}/{CLAIM}":
                 name = rel.split("/", 1)[1]
                 _call(
                     f"downloading {base}{name}",

@@ -326,8 +326,12 @@ class LocalLoop:
         events, offsets[key.attempt] = log.follow(offsets.get(key.attempt, 0))
         for event in events:
             if event.get("kind") == "stage-start" and event.get("stage") == "evaluate":
-                # The model server loads its libraries while evaluation leaves a core free.
-                self.serving.prepare(self.key(pipeline), pipeline.spec.serving.name)
+                # The model server loads its libraries while evaluation leaves a core free
+                # (behind the router on a port of its own: the router has the public one).
+                routed = self.controller.executor.routed(pipeline)
+                self.serving.prepare(
+                    self.key(pipeline), pipeline.spec.serving.name, 0 if routed else None
+                )
             if on_event is not None:
                 on_event(event)
 

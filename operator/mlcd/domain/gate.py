@@ -6,6 +6,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from mlcd.domain.numbers import name as number_name
 from mlcd.domain.records import GateCheck, GateVerdict
 from mlcd.domain.spec import Gate
 
@@ -44,7 +45,7 @@ def judge(
         reason = f"{name} missing from the evaluation's metrics"
         return verdict(False, reason)
     if not math.isfinite(value):
-        reason = f"{name} is {value}, not a number the gate can pass"
+        reason = f"{name} is {number_name(value)}: never passes"
         return verdict(False, reason, value=value)
 
     checks: list[GateCheck] = []

@@ -27,6 +27,10 @@ DURATION = r"^[0-9]+(ms|s|m|h)$"
 MAX_URI = 2048
 MAX_METRIC_NAME = 128
 MAX_ARGS = 256
+MAX_ARG = 4096
+MAX_DURATION = 32
+MAX_CLASSES = 100_000
+MAX_HISTORY = 100
 
 #: Metrics the evaluate stage computes for every classifier, whatever the trainer prints.
 EVALUATION_METRICS = (
@@ -43,11 +47,19 @@ ALGORITHMS = ("random", "grid", "tpe", "multivariate-tpe", "cmaes", "sobol", "ba
 
 class Model(BaseModel):
     model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        frozen=True,
+        defer_build=True,
     )
 
 
-Duration = Annotated[str, Field(pattern=DURATION, description="A duration: 30s, 5m, 2h, 500ms.")]
+Duration = Annotated[
+    str,
+    Field(pattern=DURATION, max_length=MAX_DURATION, description="A duration: 30s, 5m, 2h, 500ms."),
+]
+Arg = Annotated[str, Field(max_length=MAX_ARG)]
 MetricName = Annotated[str, Field(pattern=METRIC_NAME, max_length=MAX_METRIC_NAME)]
 
 
@@ -90,9 +102,15 @@ class DatasetSchema(Model):
     feature_shape: list[Annotated[int, Field(ge=1)]] = Field(
         min_length=1, max_length=8, description="Shape of one sample's features, e.g. [1, 28, 28]."
     )
-    num_classes: int = Field(ge=2, description="Labels must be integers in [0, numClasses).")
-    value_min: float | None = Field(default=None, description="Smallest allowed feature value.")
-    value_max: float | None = Field(default=None, description="Largest allowed feature value.")
+    num_classes: int = Field(
+        ge=2, le=MAX_CLASSES, description="Labels must be integers in [0, numClasses)."
+    )
+    value_min: float | None = Field(
+        allow_inf_nan=False, default=None, description="Smallest allowed feature value."
+    )
+    value_max: float | None = Field(
+        allow_inf_nan=False, default=None, description="Largest allowed feature value."
+    )
     min_samples: int = Field(default=100, ge=1, description="Fewest samples a run accepts.")
     min_samples_per_class: int = Field(
         default=10, ge=1, description="Fewest samples of every class a run accepts."
@@ -103,6 +121,7 @@ class DriftCheck(Model):
     """Compare the new data's distribution with the data the serving model was trained on."""
 
     max_psi: float = Field(
+        allow_inf_nan=False,
         default=0.2,
         gt=0,
         description="Largest population stability index (feature values, labels) accepted.",
@@ -142,7 +161,7 @@ class EnvVar(Model):
     name: str = Field(
         pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=256, description="Variable name."
     )
-    value: str = Field(description="Variable value. Use no secrets here.")
+    value: str = Field(max_length=32768, description="Variable value. Use no secrets here.")
 
 
 class MetricsCollector(Model):
@@ -162,11 +181,13 @@ class MetricsCollector(Model):
 class Trainer(Model):
     """The user's code: run as trials, as the distributed job and as evaluation."""
 
-    image: str | None = Field(default=None, description="Container image (cluster engines).")
-    command: list[str] = Field(
+    image: str | None = Field(
+        default=None, max_length=1024, description="Container image (cluster engines)."
+    )
+    command: list[Arg] = Field(
         min_length=1, max_length=MAX_ARGS, description="Command run in every stage."
     )
-    args: list[str] = Field(
+    args: list[Arg] = Field(
         default_factory=list, max_length=MAX_ARGS, description="Arguments for every stage."
     )
     workers: int = Field(default=1, ge=1, le=64, description="World size of the training job.")
@@ -196,7 +217,9 @@ class Objective(Model):
     type: Literal["maximize", "minimize"] = Field(
         default="maximize", description="Whether larger (maximize) or smaller values are better."
     )
-    goal: float | None = Field(default=None, description="Stop tuning once a trial reaches it.")
+    goal: float | None = Field(
+        allow_inf_nan=False, default=None, description="Stop tuning once a trial reaches it."
+    )
     strategy: Literal["latest", "max", "min"] | None = Field(
         default=None,
         description="Which of a trial's reported values counts; default max/min by type.",
@@ -213,12 +236,17 @@ class Parameter(Model):
         description="double and int take min and max; categorical and discrete take values."
     )
     min: float | None = Field(
-        default=None, description="Smallest value (double, int); > 0 for logUniform."
+        allow_inf_nan=False,
+        default=None,
+        description="Smallest value (double, int); > 0 for logUniform.",
     )
     max: float | None = Field(
-        default=None, description="Largest value (double, int); greater than min."
+        allow_inf_nan=False,
+        default=None,
+        description="Largest value (double, int); greater than min.",
     )
     step: float | None = Field(
+        allow_inf_nan=False,
         default=None,
         gt=0,
         description="Spacing of the values tried (double, int); required for double with grid.",
@@ -251,13 +279,17 @@ class Tuning(Model):
     parameters: list[Parameter] = Field(
         min_length=1, max_length=50, description="The search space; names are unique."
     )
-    trial_args: list[str] = Field(
+    trial_args: list[Arg] = Field(
         default_factory=list,
         max_length=MAX_ARGS,
         description="Extra arguments for trials only (e.g. fewer epochs).",
     )
     validation_fraction: float = Field(
-        default=0.2, gt=0, lt=1, description="Share of training data trials are scored on."
+        allow_inf_nan=False,
+        default=0.2,
+        gt=0,
+        lt=1,
+        description="Share of training data trials are scored on.",
     )
     trial_timeout: Duration = Field(default="30m", description="Longest one trial may run.")
     seed: int = Field(default=0, description="Seed of the search algorithm and data split.")
@@ -271,7 +303,10 @@ class Baseline(Model):
         description="serving: no regression against the serving model; none: bounds only.",
     )
     max_regression: float = Field(
-        default=0.0, ge=0, description="How much worse than the serving model is still accepted."
+        allow_inf_nan=False,
+        default=0.0,
+        ge=0,
+        description="How much worse than the serving model is still accepted.",
     )
 
 
@@ -286,9 +321,13 @@ class Gate(Model):
     direction: Literal["maximize", "minimize"] = Field(
         default="maximize", description="Whether larger (maximize) or smaller values are better."
     )
-    min: float | None = Field(default=None, description="The metric must be at least this.")
+    min: float | None = Field(
+        allow_inf_nan=False, default=None, description="The metric must be at least this."
+    )
     max: float | None = Field(
-        default=None, description="The metric must be at most this; greater than min."
+        allow_inf_nan=False,
+        default=None,
+        description="The metric must be at most this; greater than min.",
     )
     baseline: Baseline = Field(
         default_factory=Baseline, description="The comparison with the model now serving."
@@ -299,10 +338,17 @@ class Evaluation(Model):
     """Scoring the trained model on data it never saw, as PyTorch and as ONNX."""
 
     holdout_fraction: float = Field(
-        default=0.2, gt=0, lt=1, description="Share of the dataset the trainer never sees."
+        allow_inf_nan=False,
+        default=0.2,
+        gt=0,
+        lt=1,
+        description="Share of the dataset the trainer never sees.",
     )
     parity_tolerance: float = Field(
-        default=1e-3, gt=0, description="Largest |onnx - trained| output difference accepted."
+        allow_inf_nan=False,
+        default=1e-3,
+        gt=0,
+        description="Largest |onnx - trained| output difference accepted.",
     )
     extra_metrics: list[MetricName] = Field(
         default_factory=list,
@@ -562,7 +608,7 @@ class ModelPipelineSpec(Model):
         default=None, description="Model repository root; default the local state directory."
     )
     history_limit: int = Field(
-        default=10, ge=1, le=100, description="Finished runs kept in status."
+        default=10, ge=1, le=MAX_HISTORY, description="Finished runs kept in status."
     )
 
 

@@ -11,6 +11,8 @@ from typing import Literal
 
 from pydantic import Field
 
+from mlcd.domain.bounds import MAX_BRIEF, Brief, Identity, Name, Short, Time, Uri, Value
+from mlcd.domain.numbers import Metric
 from mlcd.domain.records import (
     DataReport,
     FinalResult,
@@ -21,15 +23,19 @@ from mlcd.domain.records import (
     Stage,
 )
 from mlcd.domain.rollout import DegradationWatch, RolloutState
-from mlcd.domain.spec import Model
+from mlcd.domain.spec import MAX_HISTORY, Model
 
 Phase = Literal["Pending", "Running", "Ready", "Failed", "Invalid", "Suspended", "Deleting"]
 ConditionType = Literal["Ready", "Training", "Gated", "Degraded", "SpecValid", "Deleting"]
+MAX_CONDITIONS = 16
+MAX_ACTIVE_RUNS = 100
 
 #: Longest reason kept in status; the full text is in the run's record.
-MAX_REASON = 512
+MAX_REASON = MAX_BRIEF
 #: Most parameters and metrics a summary keeps.
 MAX_VALUES = 32
+#: Most objects a run's summary names (a KFP run, an Experiment, a training job).
+MAX_CHILDREN = 8
 
 
 class Condition(Model):
@@ -45,7 +51,7 @@ class Condition(Model):
         description="Why, in one CamelCase word (e.g. GatePassed, InvalidSpec).",
     )
     message: str = Field(default="", max_length=32768, description="Why, for a person.")
-    last_transition_time: str | None = Field(
+    last_transition_time: Time | None = Field(
         default=None, description="When status last changed (RFC 3339)."
     )
     observed_generation: int | None = Field(
@@ -56,19 +62,19 @@ class Condition(Model):
 class CurrentRun(Model):
     """The run in progress: enough to find it again after a restart."""
 
-    id: str = Field(description="The run's id, derived from its trigger.")
-    trigger: str = Field(description="What started it: schedule, new-data or manual.")
+    id: Name = Field(description="The run's id, derived from its trigger.")
+    trigger: Short = Field(description="What started it: schedule, new-data or manual.")
     stage: Stage = Field(default="validate", description="The stage it is at.")
-    started_at: str = Field(description="When it started (RFC 3339).")
+    started_at: Time = Field(description="When it started (RFC 3339).")
     attempt: int = Field(default=1, ge=1, description="Attempt number of this run.")
-    engine: str = Field(default="local", description="The engine running it.")
-    message: str | None = Field(
+    engine: Short = Field(default="local", description="The engine running it.")
+    message: Brief | None = Field(
         default=None,
-        max_length=MAX_REASON,
         description="What holds it up now, e.g. serving it is retried after a store outage.",
     )
-    children: dict[str, str] = Field(
+    children: dict[str, Name] = Field(
         default_factory=dict,
+        max_length=MAX_CHILDREN,
         description="Objects the engine created for it, by kind (e.g. kfpRun, experiment).",
     )
 
@@ -77,18 +83,20 @@ class GateSummary(Model):
     """The gate's decision with its numbers (every check is in the run's record)."""
 
     passed: bool = Field(description="Whether the model may replace the serving one.")
-    metric: str = Field(description="The gate's metric.")
-    value: float | None = Field(default=None, description="The candidate's value of it.")
-    min: float | None = Field(default=None, description="The gate's lower bound.")
-    max: float | None = Field(default=None, description="The gate's upper bound.")
-    baseline_value: float | None = Field(
+    metric: Short = Field(description="The gate's metric.")
+    value: Metric | None = Field(default=None, description="The candidate's value of it.")
+    min: Metric | None = Field(default=None, description="The gate's lower bound.")
+    max: Metric | None = Field(default=None, description="The gate's upper bound.")
+    baseline_value: Metric | None = Field(
         default=None, description="The serving model's value of the metric."
     )
-    baseline_version: str | None = Field(default=None, description="The version that was serving.")
-    regression: float | None = Field(
+    baseline_version: Short | None = Field(
+        default=None, description="The version that was serving."
+    )
+    regression: Metric | None = Field(
         default=None, description="How much worse than the serving model the candidate is."
     )
-    reason: str = Field(description="The decision in one line.")
+    reason: Brief = Field(description="The decision in one line.")
 
 
 class DataSummary(Model):
@@ -96,40 +104,43 @@ class DataSummary(Model):
 
     ok: bool = Field(description="Whether the data could be trained on.")
     samples: int = Field(default=0, description="Number of samples.")
-    drift: dict[str, float] = Field(
-        default_factory=dict, description="feature-psi and label-psi against the serving model."
+    drift: dict[str, Metric] = Field(
+        default_factory=dict,
+        max_length=8,
+        description="feature-psi and label-psi against the serving model.",
     )
-    version: str | None = Field(default=None, description="The data's version or ETag.")
+    version: Identity | None = Field(default=None, description="The data's version or ETag.")
 
 
 class RunSummary(Model):
     """A finished run: what started it, what was decided and the numbers behind it."""
 
-    id: str = Field(description="The run's id.")
-    trigger: str = Field(default="manual", description="schedule, new-data or manual.")
+    id: Name = Field(description="The run's id.")
+    trigger: Short = Field(default="manual", description="schedule, new-data or manual.")
     result: FinalResult = Field(
         description="promoted, exported (passed its gate, not served), rejected, failed or "
         "cancelled."
     )
     stage: Stage = Field(default="validate", description="The last stage it reached.")
-    reason: str | None = Field(
-        default=None, max_length=MAX_REASON, description="Why it ended so, in short."
-    )
-    started_at: str | None = Field(default=None, description="When it started (RFC 3339).")
-    finished_at: str | None = Field(default=None, description="When it ended (RFC 3339).")
+    reason: Brief | None = Field(default=None, description="Why it ended so, in short.")
+    started_at: Time | None = Field(default=None, description="When it started (RFC 3339).")
+    finished_at: Time | None = Field(default=None, description="When it ended (RFC 3339).")
     attempt: int = Field(default=1, ge=1, description="Attempts it took.")
     params: dict[str, str | float | int] = Field(
-        default_factory=dict, description="The hyperparameters trained with."
+        default_factory=dict, max_length=MAX_VALUES, description="The hyperparameters trained with."
     )
-    metrics: dict[str, float] = Field(default_factory=dict, description="The evaluation's metrics.")
+    metrics: dict[str, Metric] = Field(
+        default_factory=dict, max_length=MAX_VALUES, description="The evaluation's metrics."
+    )
     gate: GateSummary | None = Field(default=None, description="The gate's verdict.")
     model: ModelRef | None = Field(default=None, description="The model it exported.")
     data: DataSummary | None = Field(default=None, description="What the data check found.")
-    record: str | None = Field(
+    record: Uri | None = Field(
         default=None, description="Where the run's full record is (data report, checks, timings)."
     )
-    children: dict[str, str] = Field(
+    children: dict[str, Name] = Field(
         default_factory=dict,
+        max_length=MAX_CHILDREN,
         description="What the run created in other systems, by kind (kfpRun, experiment, "
         "trainJob, pyTorchJob); empty for the local engine.",
     )
@@ -184,7 +195,7 @@ def summarize(
         model=record.model,
         data=_data(record.data),
         record=link,
-        children=dict(list(record.children.items())[:MAX_VALUES]),
+        children=dict(list(record.children.items())[:MAX_CHILDREN]),
     )
 
 
@@ -201,20 +212,25 @@ class ModelPipelineStatus(Model):
     )
     conditions: list[Condition] = Field(
         default_factory=list,
+        max_length=MAX_CONDITIONS,
         description="Ready, Training, Gated, Degraded, SpecValid and, while it is deleted, "
         "Deleting.",
     )
-    last_schedule_time: str | None = Field(
+    last_schedule_time: Time | None = Field(
         default=None, description="The last time a scheduled run was due (CronJob's meaning)."
     )
-    next_schedule_time: str | None = Field(
+    next_schedule_time: Time | None = Field(
         default=None, description="When the schedule next starts a run (RFC 3339, UTC)."
     )
     active_runs: list[CurrentRun] = Field(
-        default_factory=list, description="Runs in progress (more than one only with Allow)."
+        default_factory=list,
+        max_length=MAX_ACTIVE_RUNS,
+        description="Runs in progress (more than one only with Allow).",
     )
     runs: list[RunSummary] = Field(
-        default_factory=list, description="The last historyLimit runs, oldest first."
+        default_factory=list,
+        max_length=MAX_HISTORY,
+        description="The last historyLimit runs, oldest first.",
     )
     serving: ServingRecord | None = Field(default=None, description="The model now serving.")
     rollout: RolloutState | None = Field(
@@ -224,12 +240,12 @@ class ModelPipelineStatus(Model):
     degradation: DegradationWatch | None = Field(
         default=None, description="What the degradation trigger remembers between looks."
     )
-    last_metric: str | None = Field(
+    last_metric: Identity | None = Field(
         default=None, description="The gate metric of the last finished run, e.g. accuracy=0.977."
     )
-    dataset_version: str | None = Field(
+    dataset_version: Identity | None = Field(
         default=None, description="Identity of the data the last run used (version, ETag, hash)."
     )
-    handled_trigger: str | None = Field(
+    handled_trigger: Value | None = Field(
         default=None, description="The last on-demand trigger annotation value acted on."
     )

@@ -26,7 +26,7 @@ from mlcd.pipeline.events import EventLog
 from mlcd.pipeline.isolation import runner_environment
 from mlcd.pipeline.outcome import assemble
 from mlcd.ports import PipelineKey, RunKey, RunRequest
-from mlcd.processes import alive, kill_group, start_time
+from mlcd.processes import alive, group_alive, kill_group, kill_groups, start_time
 from mlcd.report.html import build as build_report
 
 
@@ -177,14 +177,20 @@ class LocalEngine:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(int(pid), signal.SIGTERM)
             deadline = time.monotonic() + grace
-            while time.monotonic() < deadline and self._running(folder):
+            # The whole group, not the runner alone: its component is still stopping the
+            # trainers it started (they have sessions of their own) and recording its stage.
+            while time.monotonic() < deadline and (self._running(folder) or group_alive(pid)):
                 time.sleep(0.1)
-            if alive(int(pid), started):
+            if alive(int(pid), started) or group_alive(int(pid)):
                 kill_group(int(pid), grace=0)
         # Trainer groups live in sessions of their own; any left behind are stopped here.
-        for marker in (folder / "procs").glob("*.pgid"):
-            with contextlib.suppress(ValueError):
-                kill_group(int(marker.read_text()), grace=2.0)
+        markers = list((folder / "procs").glob("*.pgid"))
+        groups = []
+        for marker in markers:
+            with contextlib.suppress(ValueError, OSError):
+                groups.append(int(marker.read_text()))
+        kill_groups(groups, grace=2.0)
+        for marker in markers:
             with contextlib.suppress(FileNotFoundError):
                 marker.unlink()
         child = self._children.pop(folder, None)

@@ -19,6 +19,13 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+def _stage_decided(run_dir: pathlib.Path, stage: str) -> bool:
+    """Whether the stage itself recorded why the run ended (failed or rejected)."""
+    from mlcd.pipeline.context import read_stage
+
+    return (read_stage(run_dir, stage) or {}).get("status") in ("failed", "rejected")
+
+
 def main(argv: list[str]) -> int:
     run_dir = pathlib.Path(argv[1])
     text = (run_dir / "context.json").read_text()
@@ -46,15 +53,21 @@ def main(argv: list[str]) -> int:
         raise_on_error=False,
     )
     cancelled = False
+    crash: str | None = None
     try:
         training_pipeline(context=text)
     except KeyboardInterrupt:
         cancelled = True
+    except Exception as exc:  # the run still gets a result that says why
+        logging.exception("the pipeline runner failed")
+        crash = f"the pipeline runner failed: {type(exc).__name__}: {exc}"
     record = assemble(run_dir, ctx.run_id, ctx.trigger, started)
     if cancelled and record.result in ("running", "failed"):
         record = record.model_copy(
             update={"result": "cancelled", "reason": f"cancelled during {record.stage}"}
         )
+    elif crash and record.model is None and not _stage_decided(run_dir, record.stage):
+        record = record.model_copy(update={"result": "failed", "reason": crash})
     tmp = run_dir / ".result.json.tmp"
     tmp.write_text(record.model_dump_json(by_alias=True, indent=2))
     tmp.replace(run_dir / "result.json")

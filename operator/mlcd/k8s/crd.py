@@ -41,6 +41,7 @@ from mlcd.domain.spec import (
     TEMPLATE_VARIABLES,
     DatasetSchema,
     Degradation,
+    Evaluation,
     Gate,
     ModelPipeline,
     ModelPipelineSpec,
@@ -48,6 +49,7 @@ from mlcd.domain.spec import (
     Rollout,
     RolloutMetric,
     StorageLocation,
+    Trainer,
     Tuning,
 )
 from mlcd.domain.status import ModelPipelineStatus
@@ -311,15 +313,23 @@ RULES: dict[tuple[type[BaseModel], str | None], list[Rule]] = {
     (Degradation, "query"): [_known_variables(DEGRADATION_VARIABLES)],
 }
 
-#: Extensions on one field: list semantics (duplicates refused, merges by key in apply).
+
+def _map(*keys: str) -> dict[str, Any]:
+    return {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": list(keys)}
+
+
+_SET = {"x-kubernetes-list-type": "set"}
+
+#: List semantics of one field: ``map`` (items keyed, duplicates refused, server-side apply
+#: merges by key) or ``set`` (unique scalars). Every other list is ``atomic``: replaced whole.
 LIST_TYPES: dict[tuple[type[BaseModel], str], dict[str, Any]] = {
-    (Tuning, "parameters"): {
-        "x-kubernetes-list-type": "map",
-        "x-kubernetes-list-map-keys": ["name"],
-    },
-    (Parameter, "values"): {"x-kubernetes-list-type": "set"},
-    (Rollout, "steps"): {"x-kubernetes-list-type": "set"},
-    (Rollout, "metrics"): {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    (Tuning, "parameters"): _map("name"),
+    (Parameter, "values"): _SET,
+    (Rollout, "steps"): _SET,
+    (Rollout, "metrics"): _map("name"),
+    (Trainer, "env"): _map("name"),
+    (Evaluation, "extraMetrics"): _SET,
+    (ModelPipelineStatus, "conditions"): _map("type"),
 }
 
 _KEY_ORDER = (
@@ -338,6 +348,7 @@ _KEY_ORDER = (
     "pattern",
     "minItems",
     "maxItems",
+    "maxProperties",
     "items",
     "x-kubernetes-list-type",
     "x-kubernetes-list-map-keys",
@@ -348,7 +359,7 @@ _KEY_ORDER = (
     "x-kubernetes-validations",
 )
 _COPIED = {"type", "description", "enum", "minimum", "maximum", "minLength", "maxLength"}
-_COPIED |= {"pattern", "minItems", "maxItems", "required"}
+_COPIED |= {"pattern", "minItems", "maxItems", "required", "maxProperties"}
 
 
 class _FactoryDefaults(GenerateJsonSchema):
@@ -463,6 +474,8 @@ class _Structural:
                 converted = self.convert(prop)
                 rules, extensions = self._extras(owner, name)
                 converted.update(extensions)
+                if converted.get("type") == "array":
+                    converted.setdefault("x-kubernetes-list-type", "atomic")
                 if rules:
                     converted["x-kubernetes-validations"] = [r.as_dict() for r in rules]
                 out["properties"][name] = converted

@@ -70,7 +70,12 @@ def serving_target(
             runtime=settings.kserve_runtime, deployment_mode=settings.kserve_deployment_mode
         )
         provider = PrometheusProvider(settings.prometheus_url) if settings.prometheus_url else None
-        return KServeServing(api, kube.secrets, options), KServeRouter(api), provider
+        where = settings.kserve_namespace
+        return (
+            KServeServing(api, kube.secrets, options, kserve_namespace=where),
+            KServeRouter(api, kserve_namespace=where),
+            provider,
+        )
     if settings.serving != "local":
         raise PermanentError(f"MLCD_SERVING: {settings.serving!r} is not local or kserve")
     state = settings.state_dir

@@ -206,3 +206,9 @@ class OperatorMetrics:
                 gauge.remove(namespace, pipeline)
             except KeyError:
                 continue
+        # A deleted pipeline's last rollout no longer fires MlcdRolloutRolledBack.
+        for phase in PHASES:
+            try:
+                self.rollout_phase.remove(namespace, pipeline, phase)
+            except KeyError:
+                continue

@@ -6,14 +6,18 @@ import contextlib
 import datetime as dt
 import json
 import pathlib
+import signal
+import threading
 import time
 from collections.abc import Iterator
 from functools import cached_property
+from types import FrameType
 from typing import Any
 
 from pydantic import BaseModel
 
 from mlcd.domain.checks import parse_pipeline
+from mlcd.domain.numbers import Metric, json_safe
 from mlcd.domain.records import STAGES
 from mlcd.domain.spec import ModelPipeline
 from mlcd.pipeline.events import EventLog
@@ -24,7 +28,7 @@ class Baseline(BaseModel):
     """The model serving when the run started: what the gate and the drift check compare to."""
 
     version: str
-    metrics: dict[str, float] = {}
+    metrics: dict[str, Metric] = {}
     data_stats: dict[str, Any] | None = None
 
 
@@ -63,7 +67,7 @@ class RunContext(BaseModel):
         folder = self.dir / "stages"
         folder.mkdir(parents=True, exist_ok=True)
         tmp = folder / f".{stage}.json.tmp"
-        tmp.write_text(json.dumps(data, indent=2, default=str))
+        tmp.write_text(json.dumps(json_safe(data), indent=2, default=str, allow_nan=False))
         tmp.replace(folder / f"{stage}.json")
 
     def read(self, stage: str) -> dict[str, Any] | None:
@@ -71,8 +75,12 @@ class RunContext(BaseModel):
 
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[dict[str, Any]]:
-        """Times a stage, announces it, and records a failure with its reason."""
+        """Times a stage, announces it, and records a failure with its reason. SIGTERM (a
+        cancel) unwinds the stage like Ctrl-C, so that its cleanups run and it is recorded."""
         started = time.time()
+        previous = None
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGTERM, _interrupt)
         self.events.emit("stage-start", stage=name)
         outcome: dict[str, Any] = {"stage": name, "status": "succeeded", "startedAt": _iso(started)}
         try:
@@ -94,6 +102,12 @@ class RunContext(BaseModel):
                 reason=outcome.get("reason"),
                 seconds=outcome["seconds"],
             )
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def read_stage(run_dir: pathlib.Path, stage: str) -> dict[str, Any] | None:

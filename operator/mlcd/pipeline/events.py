@@ -9,13 +9,19 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from mlcd.domain.numbers import json_safe
+
 
 class EventLog:
     def __init__(self, path: pathlib.Path) -> None:
         self.path = path
 
     def emit(self, kind: str, **fields: Any) -> None:
-        line = json.dumps({"ts": round(time.time(), 3), "kind": kind, **fields}, default=str)
+        line = json.dumps(
+            json_safe({"ts": round(time.time(), 3), "kind": kind, **fields}),
+            default=str,
+            allow_nan=False,
+        )
         # One write() of a short line to an O_APPEND file: lines from parallel trials never mix.
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:

@@ -151,8 +151,9 @@ class ModelServing(Protocol):
         URL. ``shadow``: a candidate also scores each request with the stable model."""
         ...
 
-    def prepare(self, key: PipelineKey, model: str) -> None:
-        """Gets ready to serve soon (starts what is slow to start); may do nothing."""
+    def prepare(self, key: PipelineKey, model: str, port: int | None = None) -> None:
+        """Gets ready to serve soon (starts what is slow to start); may do nothing. ``port``
+        as :meth:`serve` takes it."""
         ...
 
     def abandon(self, key: PipelineKey) -> None:

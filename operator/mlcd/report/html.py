@@ -6,6 +6,7 @@ import html
 import json
 from typing import Any
 
+from mlcd.domain import numbers
 from mlcd.domain.records import STAGES
 from mlcd.report import charts
 
@@ -29,7 +30,7 @@ def _table(rows: list[list[Any]], head: list[str]) -> str:
 
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
-        return f"{value:.6g}"
+        return numbers.name(value)
     return "" if value is None else str(value)
 
 
@@ -37,17 +38,37 @@ def _status(record: dict[str, Any] | None) -> str:
     if record is None:
         return '<span class="muted">not run</span>'
     status = record.get("status", "?")
-    css = "ok" if status == "succeeded" else "bad"
+    css = {"succeeded": "ok", "pending": "muted"}.get(status, "bad")
     reason = record.get("reason")
     text = f'<span class="{css}">{html.escape(status)}</span>'
     return text + (f" — {html.escape(str(reason).splitlines()[0])}" if reason else "")
 
 
+def _serving(result: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The serve stage's outcome, as the run's record tells it: the loop serves after the
+    pipeline, so no stage record of the pipeline has it."""
+    if not result:
+        return None
+    outcome, stage = result.get("result"), result.get("stage")
+    version = (result.get("model") or {}).get("version")
+    if outcome == "promoted":
+        return {"status": "succeeded", "reason": f"version {version} serving"}
+    if stage != "serve":
+        return None
+    # Exported (or still "running" after export) with no reason: serving comes next.
+    if outcome in ("running", "exported") and not result.get("reason"):
+        return {"status": "pending", "reason": f"version {version} is served next"}
+    return {"status": "failed", "reason": result.get("reason")}
+
+
 def build(
     stages: dict[str, dict[str, Any] | None], title: str, result: dict[str, Any] | None = None
 ) -> str:
-    """``stages`` maps each stage to its record (None: not run)."""
+    """``stages`` maps each stage to its record (None: not run); ``result`` is the run's
+    record (a RunRecord as JSON), which also tells how serving went."""
     records = {stage: stages.get(stage) for stage in STAGES}
+    if records["serve"] is None:
+        records["serve"] = _serving(result)
     parts = [
         f"<!doctype html><meta charset=utf-8><title>{html.escape(title)}</title>",
         f"<style>{_STYLE}</style><h1>{html.escape(title)}</h1>",
@@ -88,7 +109,13 @@ def build(
         names = sorted({k for t in trials for k in t.get("params", {})})
         parts.append(f"<h2>Tuning ({html.escape(str(tune.get('algorithm')))})</h2>")
         parts.append(f"<p>{html.escape(str(tune.get('stopReason', '')))}</p>")
-        parts.append(f'<div class="charts">{charts.trials(trials, names, objective)}</div>')
+        logs = {
+            p.get("name")
+            for p in tune.get("parameters") or []
+            if p.get("distribution") == "logUniform"
+        }
+        chart = charts.trials(trials, names, objective, {str(n) for n in logs})
+        parts.append(f'<div class="charts">{chart}</div>')
         rows = [
             [
                 t["number"],
@@ -113,7 +140,7 @@ def build(
             )
         )
         if train.get("curves"):
-            parts.append(charts.curves(train["curves"]))
+            parts.append(charts.curves(train["curves"], train.get("steps")))
 
     evaluate = records["evaluate"]
     if evaluate and evaluate.get("metrics"):
@@ -123,12 +150,14 @@ def build(
             parity = evaluate["parity"]
             parts.append(
                 f"<p>ONNX parity: max |onnx − trained| = "
-                f"{parity['maxAbsDifference']:.3g} (tolerance {parity['tolerance']:g})</p>"
+                f"{_fmt(numbers.number(parity['maxAbsDifference']))} "
+                f"(tolerance {_fmt(numbers.number(parity['tolerance']))})</p>"
             )
         parts.append(charts.confusion(evaluate["confusion"]))
         roc = evaluate.get("roc") or {}
         if roc.get("fpr"):
-            parts.append(charts.roc(roc["fpr"], roc["tpr"], evaluate["metrics"].get("roc-auc")))
+            auc = numbers.number(evaluate["metrics"].get("roc-auc"))
+            parts.append(charts.roc(roc["fpr"], roc["tpr"], auc))
         per_class = evaluate.get("perClass") or []
         parts.append(
             _table(
@@ -169,7 +198,7 @@ def build(
     if result:
         parts.append(
             "<h2>Result record</h2><pre>"
-            + html.escape(json.dumps(result, indent=2, default=str))
+            + html.escape(json.dumps(numbers.json_safe(result), indent=2, default=str))
             + "</pre>"
         )
     return "\n".join(parts)

@@ -24,7 +24,7 @@ from mlcd.domain.observations import ServingView
 from mlcd.domain.records import ModelRef
 from mlcd.errors import PermanentError, StageFailed
 from mlcd.ports import PipelineKey
-from mlcd.processes import alive, free_port, kill_group, start_time
+from mlcd.processes import alive, kill_group, listening_socket, start_time
 
 
 @dataclass(frozen=True)
@@ -201,14 +201,14 @@ class LocalServing:
         if response.status_code != 200:
             raise StageFailed(f"model server refused the new version: {response.text[:500]}")
 
-    def prepare(self, key: PipelineKey, model: str) -> None:
+    def prepare(self, key: PipelineKey, model: str, port: int | None = None) -> None:
         """Starts a model server ahead of need: it loads its libraries while a run evaluates and
         waits for a model; :meth:`serve` then only loads the model. Nothing if one runs."""
         folder = self._dir(key)
         old = _read_json(folder / "server.json") or {}
         if _alive(old):
             return
-        self._spawn(model, folder, old, None, {})
+        self._spawn(model, folder, old, port, {})
 
     def abandon(self, key: PipelineKey) -> None:
         """Stops a server :meth:`prepare` started that never got a model to serve."""
@@ -224,8 +224,16 @@ class LocalServing:
         port: int | None,
         extra: dict[str, str],
     ) -> tuple[int, str]:
-        wanted = self.port if port is None else port
-        port = wanted or int(old.get("port") or 0) or free_port(self.host)
+        fixed = self.port if port is None else port
+        wanted = fixed or int(old.get("port") or 0)
+        try:
+            # Bound here and handed over: no other process can take the port in between.
+            listener = listening_socket(self.host, wanted)
+        except OSError as exc:
+            if fixed or not wanted:
+                raise StageFailed(f"cannot serve on {self.host}:{wanted}: {exc}") from exc
+            listener = listening_socket(self.host)  # the last port is taken now: another
+        port = int(listener.getsockname()[1])
         url = f"http://{self.host}:{port}"
         env = {
             **os.environ,
@@ -234,9 +242,10 @@ class LocalServing:
             "MLCD_SERVING_POINTER": str(folder / "pointer.json"),
             "MLCD_SERVING_PORT": str(port),
             "MLCD_SERVING_HOST": self.host,
+            "MLCD_SERVING_FD": str(listener.fileno()),
             "OMP_NUM_THREADS": "1",
         }
-        with (folder / "server.log").open("ab") as out:
+        with listener, (folder / "server.log").open("ab") as out:
             process = subprocess.Popen(
                 [sys.executable, "-m", "mlcd.serving.modelserver"],
                 env=env,
@@ -244,6 +253,7 @@ class LocalServing:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
+                pass_fds=(listener.fileno(),),
             )
         # Recorded at once, so a crash while it starts leaves no server nobody knows of.
         _write_json(

@@ -4,7 +4,8 @@ Run as ``python -m mlcd.serving.modelserver``, configured by environment variabl
 KServe's own argument parser, which reads ``sys.argv`` at import time, sees nothing of ours:
 
 ``MLCD_SERVING_MODEL`` model name · ``MLCD_SERVING_POINTER`` JSON file naming the version to
-serve (``{"version", "path", "sha256"}``) · ``MLCD_SERVING_PORT`` · ``MLCD_SERVING_HOST``.
+serve (``{"version", "path", "sha256"}``) · ``MLCD_SERVING_PORT`` · ``MLCD_SERVING_HOST`` ·
+``MLCD_SERVING_FD``, a listening socket bound by the starter, served on instead of binding.
 
 ``POST /v2/repository/models/<name>/load`` (Triton's repository extension) re-reads the
 pointer and swaps the model in without dropping a request; a version whose sha256 does not
@@ -47,8 +48,36 @@ _NUMPY = {
 }
 
 
-def _bind_loopback(host: str) -> None:
-    """KServe's REST server binds every interface; a laptop should serve on loopback only."""
+def _dims(shape: Any) -> list[int]:
+    """An ONNX shape as the V2 protocol writes it: a dynamic dimension is -1."""
+    return [d if isinstance(d, int) else -1 for d in shape]
+
+
+def tensor_problem(
+    name: str,
+    expected_shape: list[int],
+    expected_type: str,
+    shape: list[int],
+    datatype: str | None,
+) -> str | None:
+    """Why a request's tensor does not fit the model's input, naming the input, the shape and
+    datatype expected and those received; None if it fits. ``datatype`` None: V1's JSON
+    numbers, converted to the input's type."""
+    fits = len(shape) == len(expected_shape) and all(
+        e == -1 or e == g for e, g in zip(expected_shape, shape, strict=True)
+    )
+    if fits and datatype in (None, expected_type):
+        return None
+    return (
+        f"input {name!r}: expected shape {expected_shape} {expected_type}, "
+        f"received shape {shape} {datatype or '(JSON numbers)'}"
+    )
+
+
+def _listen(host: str, fd: int | None) -> None:
+    """KServe's REST server binds every interface; a laptop should serve on loopback only.
+    With ``fd``, it serves on the socket the starter bound and handed over (no other process
+    can take its port in between)."""
     from kserve.protocol.rest import server as rest_server
 
     original = rest_server.uvicorn.Config
@@ -56,6 +85,8 @@ def _bind_loopback(host: str) -> None:
     class Config(original):  # type: ignore[misc, valid-type]
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             kwargs["host"] = host
+            if fd is not None:
+                kwargs["fd"] = fd
             super().__init__(*args, **kwargs)
 
     rest_server.uvicorn.Config = Config
@@ -76,6 +107,7 @@ def _rollout_extras(model: Any) -> None:
 def build(name: str, pointer: pathlib.Path) -> Any:
     import kserve
     import onnxruntime as ort
+    from kserve.errors import InferenceError, InvalidInput
     from kserve.model_repository import ModelRepository
 
     from mlcd.artifacts.hashing import sha256_file
@@ -105,10 +137,27 @@ def build(name: str, pointer: pathlib.Path) -> Any:
                 {
                     "name": t.name,
                     "datatype": _ONNX_TO_V2.get(t.type, t.type),
-                    "shape": [d if isinstance(d, int) else -1 for d in t.shape],
+                    "shape": _dims(t.shape),
                 }
                 for t in tensors
             ]
+
+        def _feed(self, meta: Any, array: Any, datatype: str | None) -> Any:
+            """The request's tensor for input ``meta``, checked against it: a client's mistake
+            is InvalidInput (HTTP 400), never onnxruntime's error (500)."""
+            expected = _ONNX_TO_V2.get(meta.type, meta.type)
+            problem = tensor_problem(
+                meta.name, _dims(meta.shape), expected, list(array.shape), datatype
+            )
+            if problem is not None:
+                raise InvalidInput(problem)
+            return array.astype(_NUMPY.get(expected, np.float32), copy=False)
+
+        def _run(self, feeds: dict[str, Any]) -> Any:
+            try:
+                return self.session.run(None, feeds)
+            except Exception as exc:  # checked inputs: what fails now is the server's
+                raise InferenceError(f"onnxruntime failed: {exc}") from exc
 
         def get_input_types(self) -> list[dict[str, Any]]:
             return self._types(self.session.get_inputs())
@@ -119,17 +168,40 @@ def build(name: str, pointer: pathlib.Path) -> Any:
         async def predict(
             self, payload: Any, headers: Any = None, response_headers: Any = None
         ) -> Any:
-            inputs = self.session.get_inputs()
-            first = inputs[0]
-            wanted = _NUMPY.get(_ONNX_TO_V2.get(first.type, ""), np.float32)
+            inputs = {meta.name: meta for meta in self.session.get_inputs()}
+            first = next(iter(inputs.values()))
             if isinstance(payload, dict):  # V1: {"instances": [...]}
-                batch: Any = np.asarray(payload["instances"], dtype=wanted)
-                outputs = self.session.run(None, {first.name: batch})
+                if not isinstance(payload.get("instances"), list):
+                    raise InvalidInput('a V1 request is {"instances": [...]}')
+                try:
+                    batch: Any = np.asarray(payload["instances"], dtype=np.float64)
+                except (ValueError, TypeError) as exc:
+                    raise InvalidInput(
+                        f"input {first.name!r}: instances do not form a tensor of numbers "
+                        f"(expected shape {_dims(first.shape)}): {exc}"
+                    ) from exc
+                outputs = self._run({first.name: self._feed(first, batch, None)})
                 return {"predictions": outputs[0].tolist()}
             feeds = {}
             for tensor in payload.inputs:
-                feeds[tensor.name] = tensor.as_numpy().astype(wanted, copy=False)
-            results = self.session.run(None, feeds)
+                meta = inputs.get(tensor.name)
+                if meta is None:
+                    raise InvalidInput(
+                        f"input {tensor.name!r} is not an input of {self.name}; "
+                        f"its inputs: {', '.join(inputs)}"
+                    )
+                try:
+                    array = tensor.as_numpy()
+                except (ValueError, TypeError) as exc:
+                    raise InvalidInput(
+                        f"input {tensor.name!r}: its values do not fill shape "
+                        f"{list(tensor.shape)} {tensor.datatype}: {exc}"
+                    ) from exc
+                feeds[tensor.name] = self._feed(meta, array, tensor.datatype)
+            missing = [n for n in inputs if n not in feeds]
+            if missing:
+                raise InvalidInput(f"inputs {missing} missing; expected {list(inputs)}")
+            results = self._run(feeds)
             outs = [
                 kserve.InferOutput(
                     name=meta.name,
@@ -170,11 +242,30 @@ def build(name: str, pointer: pathlib.Path) -> Any:
     return repository
 
 
+def _triton_metadata(dataplane: Any, repository: Any) -> None:
+    """V2 model metadata as a Triton client expects it of an ONNX model: KServe's data plane
+    leaves ``platform`` empty and ``versions`` out; the REST endpoints read this instance."""
+    plain = dataplane.model_metadata
+
+    async def model_metadata(model_name: str) -> dict[str, Any]:
+        metadata: dict[str, Any] = await plain(model_name)
+        model = repository.get_model(model_name)
+        version = getattr(model, "version", None)
+        return {
+            **metadata,
+            "platform": "onnxruntime_onnx",
+            **({"versions": [str(version)]} if version is not None else {}),
+        }
+
+    dataplane.model_metadata = model_metadata
+
+
 def main() -> int:
     name = os.environ["MLCD_SERVING_MODEL"]
     pointer = pathlib.Path(os.environ["MLCD_SERVING_POINTER"])
     port = int(os.environ.get("MLCD_SERVING_PORT", "8080"))
-    _bind_loopback(os.environ.get("MLCD_SERVING_HOST", "127.0.0.1"))
+    fd = os.environ.get("MLCD_SERVING_FD")
+    _listen(os.environ.get("MLCD_SERVING_HOST", "127.0.0.1"), int(fd) if fd else None)
     import kserve
     import onnxruntime  # noqa: F401 - loaded now, while there may be nothing to serve yet
 
@@ -186,6 +277,7 @@ def main() -> int:
     server = kserve.ModelServer(
         http_port=port, enable_grpc=False, registered_models=repository, workers=1
     )
+    _triton_metadata(server.dataplane, repository)
     server.start([repository.get_model(name)])
     return 0
 

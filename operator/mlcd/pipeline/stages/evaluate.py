@@ -4,12 +4,14 @@ trained model's own outputs, and scored as a classifier."""
 from __future__ import annotations
 
 import json
+import math
 import pathlib
 from typing import Any
 
 import numpy as np
 
-from mlcd.domain import classification, metrics_text
+from mlcd.domain import classification
+from mlcd.domain.numbers import json_number, json_safe
 from mlcd.errors import StageFailed
 from mlcd.pipeline.context import RunContext
 from mlcd.pipeline.stages import load_npz, save_npz
@@ -36,6 +38,16 @@ def onnx_outputs(model_path: pathlib.Path, x: np.ndarray[Any, Any]) -> np.ndarra
     batch = x.astype(_ORT_NUMPY.get(first.type, np.float32))
     outputs: np.ndarray[Any, Any] = session.run(None, {first.name: batch})[0]
     return outputs
+
+
+def log_metrics(artifact: Any, values: dict[str, float]) -> None:
+    """Logs the metrics on a KFP ``Metrics`` artifact. Its metadata becomes a protobuf
+    ``Struct``, which holds no NaN or inf: such a value is kept by its protobuf JSON name."""
+    for name, value in values.items():
+        if math.isfinite(value):
+            artifact.log_metric(name, value)
+        else:
+            artifact.metadata[name] = json_number(value)
 
 
 def run(
@@ -89,10 +101,9 @@ def run(
             )
         report = classification.evaluate(served, y, spec.dataset.schema_.num_classes)
         values = dict(report.metrics)
-        printed = metrics_text.latest(result.series)
+        printed = result.metrics.latest()
         values.update({k: v for k, v in printed.items() if k in spec.evaluation.extra_metrics})
-        for name, value in values.items():
-            metrics.log_metric(name, value)
+        log_metrics(metrics, values)
         labels = [str(c) for c in range(spec.dataset.schema_.num_classes)]
         classification_metrics.log_confusion_matrix(labels, report.confusion)
         classification_metrics.log_roc_curve(report.roc_fpr, report.roc_tpr, report.roc_thresholds)
@@ -103,4 +114,4 @@ def run(
             roc={"fpr": report.roc_fpr, "tpr": report.roc_tpr},
             samples=len(y),
         )
-        return json.dumps(values)
+        return json.dumps(json_safe(values), allow_nan=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pathlib
 
 from mlcd.artifacts import open_store
+from mlcd.domain.numbers import json_safe
 from mlcd.errors import StageFailed
 from mlcd.pipeline.context import RunContext
 
@@ -49,7 +50,7 @@ def run(ctx: RunContext, model_dir: str) -> str:
             spec.serving.name,
             ctx.run_key or ctx.run_id,
             {"model.onnx": pathlib.Path(model_dir) / "model.onnx"},
-            metadata,
+            json_safe(metadata),
         )
         outcome["model"] = ref.model_dump(by_alias=True)
         ctx.events.emit("exported", version=ref.version, uri=ref.uri, sha256=ref.sha256)

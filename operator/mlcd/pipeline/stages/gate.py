@@ -12,6 +12,7 @@ from mlcd.pipeline.context import RunContext
 def run(ctx: RunContext, metrics_json: str) -> bool:
     gate = ctx.pipeline.spec.gate
     with ctx.stage("gate") as outcome:
+        # float() reads the protobuf JSON names ("NaN", "Infinity") the evaluate stage writes.
         metrics = {k: float(v) for k, v in json.loads(metrics_json).items()}
         baseline = ctx.baseline
         verdict = judge(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import pathlib
 
-from mlcd.domain import metrics_text, search
+from mlcd.domain import search
 from mlcd.domain.spec import duration_seconds
 from mlcd.errors import StageFailed
 from mlcd.pipeline.context import RunContext
@@ -44,6 +44,7 @@ def run(ctx: RunContext, train_path: str, params_json: str, model_dir: str) -> N
                 threads=max(1, cpus() // trainer.workers),
             )
         outcome["curves"] = result.series
+        outcome["steps"] = result.metrics.steps()
         if not result.ok:
             raise StageFailed(f"training job of {trainer.workers} worker(s) {result.failure()}")
         if not result.series:
@@ -53,5 +54,5 @@ def run(ctx: RunContext, train_path: str, params_json: str, model_dir: str) -> N
             )
         if not (out / "model.onnx").is_file():
             raise StageFailed("the training job wrote no model.onnx into $MLCD_MODEL_DIR")
-        outcome["metrics"] = metrics_text.latest(result.series)
+        outcome["metrics"] = result.metrics.latest()
         outcome["trainSeconds"] = round(result.seconds, 2)

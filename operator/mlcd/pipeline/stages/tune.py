@@ -12,7 +12,7 @@ import warnings
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any, Protocol
 
-from mlcd.domain import metrics_text, search
+from mlcd.domain import numbers, search
 from mlcd.domain.datacheck import holdout_split
 from mlcd.domain.records import TrialRecord
 from mlcd.domain.spec import Parameter, Tuning, duration_seconds
@@ -183,7 +183,7 @@ class Tuner:
                     "state": "pruned" if result.cancelled else "failed",
                 }
             )
-        elif objective.metric not in result.series:
+        elif objective.metric not in result.metrics.curves:
             tail = "\n".join(result.stderr_tail[-5:])
             record = record.model_copy(
                 update={
@@ -192,9 +192,10 @@ class Tuner:
                 }
             )
         else:
-            value = metrics_text.reduce(result.series[objective.metric], search.strategy(objective))
-            if math.isnan(value):
-                record = record.model_copy(update={"reason": f"{objective.metric} is NaN"})
+            value = result.metrics.curves[objective.metric].reduce(search.strategy(objective))
+            if not math.isfinite(value):
+                reason = f"{objective.metric} is {numbers.name(value)}: not a value to rank"
+                record = record.model_copy(update={"reason": reason})
             else:
                 record = record.model_copy(update={"state": "succeeded", "value": value})
         self.ctx.events.emit(
@@ -317,6 +318,7 @@ def run(ctx: RunContext, train_path: str) -> str:
             trials=[t.model_dump(by_alias=True) for t in trials],
             objective=tuning.objective.model_dump(by_alias=True),
             algorithm=tuning.algorithm,
+            parameters=[p.model_dump(by_alias=True, exclude_none=True) for p in tuning.parameters],
             stopReason=stop_reason,
             best=best.model_dump(by_alias=True) if best else None,
             searchSeconds=round(time.time() - started, 2),

@@ -466,7 +466,7 @@ class KServeServing:
         view = self.status(key, "", role)
         return view.url
 
-    def prepare(self, key: PipelineKey, model: str) -> None:
+    def prepare(self, key: PipelineKey, model: str, port: int | None = None) -> None:
         """Checks what can be checked before a model exists (the repository is S3, KServe is
         installed) and writes the credentials; nothing is slow to start here."""
         target = self.target(key)
