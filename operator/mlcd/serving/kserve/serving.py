@@ -302,20 +302,9 @@ class PipelineServing:
             resources.GATEWAY_GROUP_VERSION, resources.HTTPROUTES, self.pipeline.namespace, name
         )
         route = self.api.get(where, f"reading the HTTPRoute of {self._name}")
-        service = rules.predictor_service(
-            self.pipeline.inference_service,
-            rules.predictor_name(self.pipeline.inference_service, stable.version),
-        )
-        if route is None:
-            return f"RouteMissing: the HTTPRoute {name} does not exist yet"
-        backends = [
-            ref.get("name")
-            for rule in (route.get("spec") or {}).get("rules") or []
-            for ref in rule.get("backendRefs") or []
-        ]
-        if service not in backends:
-            return f"RouteMissing: the HTTPRoute {name} does not route to {service} yet"
-        return None
+        isvc = self.pipeline.inference_service
+        service = rules.predictor_service(isvc, rules.predictor_name(isvc, stable.version))
+        return rules.route_problem(route, name, service)
 
     def view(self) -> ServingView:
         """What KServe reports, as the loop observes a serving target: a version serves once
