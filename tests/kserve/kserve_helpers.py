@@ -11,6 +11,7 @@ from helpers import softmax_pipeline, wait_for
 from mlcd.domain.records import ModelRef
 from mlcd.domain.spec import SecretRef, StorageLocation
 from mlcd.serving.kserve.serving import PipelineServing
+from testenv.cluster import Cluster
 from testenv.minio import MinIO
 
 #: The InferenceService of the pipelines the operator serves in these tests.
@@ -96,3 +97,17 @@ def minio_secret(api: client.ApiClient, namespace: str, minio: MinIO) -> None:
         "stringData": {"accessKey": minio.access_key, "secretKey": minio.secret_key},
     }
     client.CoreV1Api(api).create_namespaced_secret(namespace, body)
+
+
+def kubectl_wait_ready(cluster: Cluster, namespace: str, timeout: int) -> None:
+    """``kubectl wait --for=condition=Ready modelpipeline/digits``, as a user waits."""
+    waited = cluster.kubectl(
+        "wait",
+        "--for=condition=Ready",
+        "modelpipeline/digits",
+        "-n",
+        namespace,
+        f"--timeout={timeout}s",
+        timeout=timeout + 10,
+    )
+    assert waited.returncode == 0, waited.stderr

@@ -20,7 +20,15 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from kserve_helpers import ISVC, conditions, get_isvc, kserve_pipeline, minio_secret, predictors
+from kserve_helpers import (
+    ISVC,
+    conditions,
+    get_isvc,
+    kserve_pipeline,
+    kubectl_wait_ready,
+    minio_secret,
+    predictors,
+)
 from kubernetes import client
 from played import PlayedPredictors, PlayedTraffic
 
@@ -106,39 +114,6 @@ def finished_run(pipelines: Pipelines, run: int, timeout: float = 240) -> dict[s
 
 
 @pytest.fixture
-def operator(
-    operator_kubeconfig: pathlib.Path,
-    prometheus: PrometheusAPI,
-    tmp_path: pathlib.Path,
-    request: pytest.FixtureRequest,
-) -> Iterator[Callable[..., OperatorProcess]]:
-    """Starts ``mlcd operator`` serving on KServe, watching the given namespaces, analysing
-    with the session's Prometheus; stopped after the test."""
-    with Operators(operator_kubeconfig, tmp_path, request) as operators:
-
-        def start(*namespaces: str, env: dict[str, str] | None = None) -> OperatorProcess:
-            return operators.start(
-                *[f"--namespace={n}" for n in namespaces],
-                env={
-                    "MLCD_SERVING": "kserve",
-                    "MLCD_PROMETHEUS_URL": prometheus.url,
-                    **(env or {}),
-                },
-            )
-
-        yield start
-
-
-@pytest.fixture
-def pipelines(cluster: Cluster, api: client.ApiClient, minio: MinIO) -> Iterator[Pipelines]:
-    """ModelPipelines in a namespace of their own, with the MinIO Secret they reference."""
-    namespace = cluster.create_namespace(prefix="kserve-op-")
-    minio_secret(api, namespace, minio)
-    yield Pipelines(cluster, namespace)
-    cluster.delete_namespace(namespace)
-
-
-@pytest.fixture
 def played(
     api: client.ApiClient,
     pipelines: Pipelines,
@@ -179,16 +154,7 @@ def test_serves_then_rolls_out_through_the_steps_and_resumes_after_a_kill(
 
     # The first model is served at once: the operator creates the InferenceService, KServe
     # reconciles it to Ready, and the ModelPipeline is Ready with the InferenceService's URL.
-    waited = cluster.kubectl(
-        "wait",
-        "--for=condition=Ready",
-        "modelpipeline/digits",
-        "-n",
-        namespace,
-        "--timeout=240s",
-        timeout=250,
-    )
-    assert waited.returncode == 0, waited.stderr
+    kubectl_wait_ready(cluster, namespace, 240)
     status = pipelines.status("digits")
     isvc = get_isvc(api, namespace, ISVC)
     assert isvc is not None and conditions(isvc)["Ready"] == "True"

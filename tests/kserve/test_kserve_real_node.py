@@ -34,12 +34,12 @@ import httpx
 import numpy as np
 import pytest
 import yaml
-from kserve_helpers import ISVC, get_isvc, kserve_pipeline, minio_secret
+from kserve_helpers import ISVC, get_isvc, kserve_pipeline, kubectl_wait_ready
 from kubernetes import client
 from played import digits_request
 
 from helpers import metric_value, wait_for
-from operator_process import OperatorProcess, Operators, Pipelines
+from operator_process import OperatorProcess, Pipelines
 from testenv.cluster import Cluster
 from testenv.gateway import Traefik
 from testenv.images import Image, busybox_layer, files_layer, python_mounts
@@ -56,6 +56,7 @@ RUNTIME = "mlcd-onnx-real-node"
 STORAGE = "mlcd-test-real-node"
 #: Only this test's model repositories (namespaces real-node-*) use the stand-in initializer.
 REPOSITORY = r"s3://mlcd-test/real-node-.*"
+NAMESPACE_PREFIX = "real-node-"
 
 
 class HostForward:
@@ -150,35 +151,6 @@ def real_node_runtime(cluster: Cluster, real_node: RealNode, kserve: Any) -> Ite
         yield RUNTIME
     finally:
         cluster.kubectl("delete", "-f", "-", "--ignore-not-found", input=text)
-
-
-@pytest.fixture
-def operator(
-    operator_kubeconfig: pathlib.Path,
-    prometheus: PrometheusAPI,
-    real_node_runtime: str,
-    tmp_path: pathlib.Path,
-    request: pytest.FixtureRequest,
-) -> Iterator[Callable[..., OperatorProcess]]:
-    with Operators(operator_kubeconfig, tmp_path, request) as operators:
-
-        def start(namespace: str) -> OperatorProcess:
-            env = {
-                "MLCD_SERVING": "kserve",
-                "MLCD_KSERVE_RUNTIME": real_node_runtime,
-                "MLCD_PROMETHEUS_URL": prometheus.url,
-            }
-            return operators.start(f"--namespace={namespace}", env=env)
-
-        yield start
-
-
-@pytest.fixture
-def pipelines(cluster: Cluster, api: client.ApiClient, minio: MinIO) -> Iterator[Pipelines]:
-    namespace = cluster.create_namespace(prefix="real-node-")
-    minio_secret(api, namespace, minio)
-    yield Pipelines(cluster, namespace)
-    cluster.delete_namespace(namespace)
 
 
 def proxied(
@@ -305,24 +277,16 @@ def test_predictors_run_on_the_real_node_and_a_canary_splits_real_traffic(
     prometheus: PrometheusAPI,
     minio: MinIO,
     minio_for_pods: str,
+    real_node_runtime: str,
     digits_file: pathlib.Path,
     tmp_path: pathlib.Path,
 ) -> None:
     namespace = pipelines.namespace
-    operator(namespace)
+    operator(namespace, env={"MLCD_KSERVE_RUNTIME": real_node_runtime})
     body = kserve_pipeline(namespace, digits_file, minio, ROLLOUT)
     body["spec"]["artifacts"]["endpoint"] = minio_for_pods
     pipelines.create(body)
-    waited = cluster.kubectl(
-        "wait",
-        "--for=condition=Ready",
-        "modelpipeline/digits",
-        "-n",
-        namespace,
-        "--timeout=300s",
-        timeout=310,
-    )
-    assert waited.returncode == 0, waited.stderr
+    kubectl_wait_ready(cluster, namespace, 300)
 
     # KServe's predictor pod ran on the real node: the initializer downloaded the version with
     # the injected credentials (by reference, never a value), the runtime serves it.
