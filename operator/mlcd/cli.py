@@ -105,6 +105,11 @@ def _parser() -> argparse.ArgumentParser:
     op.add_argument(
         "--kserve-namespace", help="KServe's namespace, its ConfigMap (MLCD_KSERVE_NAMESPACE)"
     )
+    op.add_argument(
+        "--kserve-deployment-mode",
+        choices=["RawDeployment", "Standard", "Serverless", "Knative"],
+        help="mode of new InferenceServices; default KServe's (MLCD_KSERVE_DEPLOYMENT_MODE)",
+    )
     op.add_argument("--prometheus-url", help="Prometheus for rollouts (MLCD_PROMETHEUS_URL)")
     op.add_argument(
         "--prometheus-targets",
@@ -497,8 +502,10 @@ def cmd_operator(args: argparse.Namespace) -> int:
 
     # kopf watches with its own client and mlcd talks to the API server through httpx: the
     # Kubernetes client library (kopf loads it when installed) would only cost memory, unless
-    # the Kubeflow engine is on (kfp.Client imports it).
-    if not os.environ.get("MLCD_KFP_ENDPOINT"):
+    # the Kubeflow engine is on (kfp.Client imports it) or models are served on KServe (the
+    # kserve SDK's models import it).
+    serving = args.serving or os.environ.get("MLCD_SERVING", "local")
+    if not os.environ.get("MLCD_KFP_ENDPOINT") and serving != "kserve":
         sys.modules.setdefault("kubernetes", None)  # type: ignore[arg-type]
 
     from mlcd.k8s.operator import run
@@ -519,6 +526,7 @@ def cmd_operator(args: argparse.Namespace) -> int:
         "serving": args.serving,
         "kserve_runtime": args.kserve_runtime,
         "kserve_namespace": args.kserve_namespace,
+        "kserve_deployment_mode": args.kserve_deployment_mode,
         "prometheus_url": args.prometheus_url,
         "prometheus_targets": args.prometheus_targets,
     }

@@ -108,6 +108,11 @@ class OperatorSettings:
     kserve_namespace: str = field(
         default_factory=lambda: os.environ.get("MLCD_KSERVE_NAMESPACE", "kserve")
     )
+    #: The deployment mode of the InferenceServices mlcd creates: RawDeployment (Standard) or
+    #: Serverless (Knative); None leaves it to KServe's default (``MLCD_KSERVE_DEPLOYMENT_MODE``).
+    kserve_deployment_mode: str | None = field(
+        default_factory=lambda: os.environ.get("MLCD_KSERVE_DEPLOYMENT_MODE") or None
+    )
     #: Prometheus for rollout analyses and the degradation trigger; default: one the operator
     #: starts in its state folder (``MLCD_PROMETHEUS_URL``).
     prometheus_url: str | None = field(

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import pathlib
 from typing import Any
 
 from kubernetes import client
 
-from helpers import wait_for
+from helpers import softmax_pipeline, wait_for
 from mlcd.domain.records import ModelRef
 from mlcd.domain.spec import SecretRef, StorageLocation
 from mlcd.serving.kserve.serving import PipelineServing
+from testenv.cluster import Cluster
+from testenv.minio import MinIO
+
+#: The InferenceService of the pipelines the operator serves in these tests.
+ISVC = "mnist"
 
 
 def custom(api: client.ApiClient) -> client.CustomObjectsApi:
@@ -63,3 +69,45 @@ def settled(serving: PipelineServing, api: client.ApiClient, only: str, what: st
     serving.wait(lambda o: o.readiness.ready and o.candidate is None, what)
     namespace = serving.pipeline.namespace
     wait_for(f"{only} alone", lambda: set(predictors(api, namespace)) == {only}, timeout=30)
+
+
+def kserve_pipeline(
+    namespace: str, digits: pathlib.Path, minio: MinIO, rollout: dict[str, Any]
+) -> dict[str, Any]:
+    """The numpy test trainer (no tuning: one short training), models in MinIO, served as
+    InferenceService ``mnist``; started by the trigger annotation."""
+    body = softmax_pipeline(str(digits))
+    body["metadata"]["annotations"] = {"mlcd.io/trigger": "1"}
+    spec = body["spec"]
+    del spec["tuning"]
+    spec["trainer"]["args"] = ["--epochs=10"]
+    spec["triggers"] = {"newData": False}
+    spec["artifacts"] = {
+        "uri": f"s3://{minio.bucket}/{namespace}/",
+        "endpoint": minio.endpoint,
+        "credentialsSecretRef": {"name": "minio-creds"},
+    }
+    spec["serving"] = {"inferenceService": ISVC, "rollout": rollout}
+    return body
+
+
+def minio_secret(api: client.ApiClient, namespace: str, minio: MinIO) -> None:
+    body = {
+        "metadata": {"name": "minio-creds"},
+        "stringData": {"accessKey": minio.access_key, "secretKey": minio.secret_key},
+    }
+    client.CoreV1Api(api).create_namespaced_secret(namespace, body)
+
+
+def kubectl_wait_ready(cluster: Cluster, namespace: str, timeout: int) -> None:
+    """``kubectl wait --for=condition=Ready modelpipeline/digits``, as a user waits."""
+    waited = cluster.kubectl(
+        "wait",
+        "--for=condition=Ready",
+        "modelpipeline/digits",
+        "-n",
+        namespace,
+        f"--timeout={timeout}s",
+        timeout=timeout + 10,
+    )
+    assert waited.returncode == 0, waited.stderr

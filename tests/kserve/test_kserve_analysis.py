@@ -10,7 +10,6 @@ queries come from KServe's own objects through the router."""
 
 from __future__ import annotations
 
-import json
 import os
 import pathlib
 import shutil
@@ -21,83 +20,31 @@ from collections.abc import Iterator
 import httpx
 import pytest
 from kserve_helpers import ref, secrets
+from played import Predictor, version_folder
 
 from helpers import wait_for
 from mlcd.domain.rollout import resolve
 from mlcd.metrics.prometheus import PrometheusProvider
 from mlcd.ports import PipelineKey
-from mlcd.processes import free_port, kill_group
+from mlcd.processes import free_port
 from mlcd.serving.kserve.api import KubeAPI
 from mlcd.serving.kserve.resources import Options, Pipeline
 from mlcd.serving.kserve.router import KServeRouter
 from mlcd.serving.kserve.runtime import EXPECTED_SHA256
 from mlcd.serving.kserve.serving import PipelineServing
-from rollout.servers import request_body, write_model
+from rollout.servers import request_body
 from testenv.prometheus import PrometheusAPI
 
 MODEL = "mnist"
 REQUESTS = 40
 
 
-class Predictor:
-    """One predictor pod's container, on loopback."""
-
-    def __init__(self, folder: pathlib.Path, version: str, faults: str = "") -> None:
-        self.folder, self.version = folder, version
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        metadata = json.loads((folder / "metadata.json").read_text())
-        env = {**os.environ, EXPECTED_SHA256: metadata["sha256"], "OMP_NUM_THREADS": "1"}
-        if faults:
-            env["MLCD_SERVING_FAULTS"] = faults
-        self.log = folder.parent / f"predictor-{version}.log"
-        with self.log.open("ab") as out:
-            self.process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "mlcd.serving.kserve.runtime",
-                    f"--model_name={MODEL}",
-                    f"--model_dir={folder}",
-                    f"--http_port={self.port}",
-                    "--host=127.0.0.1",
-                ],
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-    def ready(self) -> bool:
-        if self.process.poll() is not None:
-            raise AssertionError(f"the runtime exited:\n{self.log.read_text()[-3000:]}")
-        try:
-            return httpx.get(f"{self.url}/v2/models/{MODEL}/ready", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            kill_group(self.process.pid, grace=5.0)
-        self.process.wait(timeout=10)
-
-
-def version_folder(root: pathlib.Path, version: str, seed: int) -> pathlib.Path:
-    """The folder KServe's storage initializer downloads: model.onnx and metadata.json."""
-    pointer = json.loads(write_model(root, version, seed).read_text())
-    folder = pathlib.Path(pointer["path"])
-    (folder / "metadata.json").write_text(
-        json.dumps({"version": version, "sha256": pointer["sha256"]})
-    )
-    return folder
-
-
 @pytest.fixture
 def predictors(tmp_path: pathlib.Path) -> Iterator[tuple[Predictor, Predictor]]:
-    stable = Predictor(version_folder(tmp_path, "1", seed=1), "1")
+    stable = Predictor(version_folder(tmp_path, "1", seed=1), "1", MODEL)
     # The candidate answers a quarter of its requests with errors, all of them 250 ms late.
     candidate = Predictor(
-        version_folder(tmp_path, "2", seed=2), "2", "error=0.25,slow=1,delay=250ms,seed=3"
+        version_folder(tmp_path, "2", seed=2), "2", MODEL, "error=0.25,slow=1,delay=250ms,seed=3"
     )
     try:
         wait_for("both runtimes ready", lambda: stable.ready() and candidate.ready(), 120)

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import pathlib
 
-import pytest
-import yaml
 from kserve_helpers import KEYS, get_isvc, ref
 from kubernetes import client
 
@@ -19,41 +17,6 @@ from mlcd.serving.kserve.api import KubeAPI
 from mlcd.serving.kserve.resources import Options, Pipeline
 from mlcd.serving.kserve.router import KServeRouter
 from mlcd.serving.kserve.serving import PipelineServing, read_kserve_config
-from testenv.cluster import Cluster
-from testenv.manifests import kustomize
-
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def operator_kubeconfig(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
-    identity = {"Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding"}
-    identity |= {"Role", "RoleBinding"}  # KServe's ConfigMap, in KServe's namespace
-    deploy = ROOT / "deploy"
-    manifests = kustomize(deploy / "overlays" / "cluster-wide", [deploy / "components" / "kserve"])
-    wanted = [m for m in manifests if m["kind"] in identity]
-    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(wanted))
-    cluster.wait_service_account("mlcd-system", "mlcd-operator")
-    token = cluster.kubectl(
-        "create", "token", "mlcd-operator", "-n", "mlcd-system", "--duration=1h"
-    ).stdout.strip()
-    admin = yaml.safe_load(pathlib.Path(cluster.kubeconfig).read_text())
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": admin["clusters"],
-        "users": [{"name": "operator", "user": {"token": token}}],
-        "contexts": [
-            {
-                "name": "operator",
-                "context": {"cluster": admin["clusters"][0]["name"], "user": "operator"},
-            }
-        ],
-        "current-context": "operator",
-    }
-    path = tmp_path_factory.mktemp("operator") / "kubeconfig"
-    path.write_text(yaml.safe_dump(config))
-    return path
 
 
 def test_serving_and_a_rollout_with_the_operators_permissions(

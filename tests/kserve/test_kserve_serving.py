@@ -319,7 +319,11 @@ def test_the_serving_port_keyed_by_pipeline(
         stepping.serve(key, "mnist", ref("2"), None)
     view = port.status(key, "mnist")
     assert (view.ready, view.ref) == (True, ref("1"))
-    assert set(predictors(api, namespace)) >= {"mnist-v1-predictor", "mnist-v2-predictor"}
+    wait_for(
+        "KServe to create the candidate's predictor beside the stable one",
+        lambda: set(predictors(api, namespace)) >= {"mnist-v1-predictor", "mnist-v2-predictor"},
+        timeout=30,
+    )
     assert port.serve(key, "mnist", ref("2"), None) == url
     assert port.status(key, "mnist").ref == ref("2")
 

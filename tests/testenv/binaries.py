@@ -25,6 +25,7 @@ BINARIES: dict[str, str] = {
     "monitoring-crds": "MLCD_MONITORING_CRDS",
     "kserve-manager": "MLCD_KSERVE_MANAGER",
     "kserve-config": "MLCD_KSERVE_CONFIG",
+    "traefik": "MLCD_TRAEFIK",
     "prometheus": "MLCD_PROMETHEUS",
     "haproxy": "MLCD_HAPROXY",
     "training-operator": "MLCD_TRAINING_OPERATOR",

@@ -114,6 +114,31 @@ class Cluster:
                     )
                 time.sleep(0.1)
 
+    def token_kubeconfig(
+        self, namespace: str, service_account: str, path: Path, duration: str = "4h"
+    ) -> Path:
+        """A kubeconfig at ``path`` holding a token of ServiceAccount
+        ``namespace/service_account`` and nothing more: a process run with it has exactly that
+        account's permissions."""
+        self.wait_service_account(namespace, service_account)
+        token = self.kubectl(
+            "create", "token", service_account, "-n", namespace, f"--duration={duration}"
+        ).stdout.strip()
+        admin = yaml.safe_load(Path(self.kubeconfig).read_text())
+        cluster = admin["clusters"][0]
+        user = f"{namespace}-{service_account}"
+        config_ = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [cluster],
+            "users": [{"name": user, "user": {"token": token}}],
+            "contexts": [{"name": user, "context": {"cluster": cluster["name"], "user": user}}],
+            "current-context": user,
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(config_))
+        return path
+
     # -- CRDs ------------------------------------------------------------------------------------
     def install_crds(self, folder: Path, timeout: float = 30) -> list[str]:
         """Create (or replace) every CRD in ``folder``'s YAML files; wait until Established."""

@@ -16,6 +16,7 @@ from types import FrameType
 import pytest
 
 from testenv.cluster import Cluster
+from testenv.gateway import Traefik
 from testenv.haproxy import HAProxy
 from testenv.kserve import KServe
 from testenv.kube import NODE_NAME, KubeAPIServer
@@ -36,6 +37,7 @@ STACK_FIXTURES = (
     "trainer",
     "katib_crds",
     "kserve",
+    "gateway",
 )
 LOG_LINES = 60
 
@@ -67,7 +69,7 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         names = set(getattr(item, "fixturenames", ()))
-        if names & {"nodes", "kserve"}:
+        if names & {"nodes", "kserve", "gateway"}:
             item.add_marker(pytest.mark.nodes)
         if "real_node" in names:
             item.add_marker(pytest.mark.real_node)
@@ -198,4 +200,14 @@ def kserve(testenv_stack: Stack, nodes: list[str]) -> KServe:
     testenv_stack.up("kserve")
     component = testenv_stack.component("kserve")
     assert isinstance(component, KServe)
+    return component
+
+
+@pytest.fixture(scope="session")
+def gateway(testenv_stack: Stack, kserve: KServe) -> Traefik:
+    """Traefik serving KServe's Gateway ``kserve/kserve-ingress-gateway`` on ``url``
+    (127.0.0.1): HTTPRoutes attached to it carry real requests to the pods of their backends."""
+    testenv_stack.up("gateway")
+    component = testenv_stack.component("traefik")
+    assert isinstance(component, Traefik)
     return component

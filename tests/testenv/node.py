@@ -550,6 +550,9 @@ class RealNode:
     dns_service_ip: str
     cluster_domain: str
     containerd: Containerd = field(repr=False)
+    #: The host's end of the link to the node: a server of the test listening there is
+    #: reachable from pods (the node's and the pods' own loopbacks are theirs).
+    host_ip: str = ""
 
     @classmethod
     def of(cls, stack: Any) -> RealNode:
@@ -564,6 +567,7 @@ class RealNode:
             DNS_SERVICE_IP,
             CLUSTER_DOMAIN,
             containerd,
+            addresses.host_ip,
         )
 
     @property

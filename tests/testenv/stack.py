@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from testenv.component import Component
+from testenv.gateway import Traefik
 from testenv.haproxy import HAProxy
 from testenv.kserve import KServe
 from testenv.kube import Etcd, KubeAPIServer, KubeControllerManager, KubeScheduler, Kwok
@@ -40,6 +41,7 @@ COMPONENTS: dict[str, type[Component]] = {
         KubeProxy,
         CoreDNS,
         KServe,
+        Traefik,
     )
 }
 
@@ -72,6 +74,16 @@ GROUPS: dict[str, tuple[str, ...]] = {
         "kube-scheduler",
         "kwok",
         "kserve",
+    ),
+    # A Gateway API implementation serving KServe's Gateway.
+    "gateway": (
+        "etcd",
+        "kube-apiserver",
+        "kube-controller-manager",
+        "kube-scheduler",
+        "kwok",
+        "kserve",
+        "traefik",
     ),
 }
 

@@ -295,3 +295,31 @@ def test_backends(candidate: str | None, weight: int, expected: list[tuple[str, 
 def test_backend_weight_bounds(weight: int) -> None:
     with pytest.raises(ValueError, match=r"0\.\.100"):
         rules.backends("s", "c", weight)
+
+
+def _route(*services: str) -> dict[str, Any]:
+    refs = [{"kind": "Service", "name": s, "port": 80, "weight": 0} for s in services]
+    return {"spec": {"rules": [{"backendRefs": refs}]}}
+
+
+@pytest.mark.parametrize(
+    ("route", "problem"),
+    [
+        (None, "RouteMissing: the HTTPRoute mlcd-digits does not exist yet"),
+        (
+            _route("mnist-v1-predictor"),
+            "RouteMissing: the HTTPRoute mlcd-digits does not route to mnist-v2-predictor yet",
+        ),
+        (
+            {"spec": {}},
+            "RouteMissing: the HTTPRoute mlcd-digits does not route to mnist-v2-predictor yet",
+        ),
+        # A backend of the route, whatever its weight (at a rollout's last step the stable one
+        # has none and still serves).
+        (_route("mnist-v1-predictor", "mnist-v2-predictor"), None),
+    ],
+)
+def test_a_routed_version_serves_once_its_route_leads_to_it(
+    route: dict[str, Any] | None, problem: str | None
+) -> None:
+    assert rules.route_problem(route, "mlcd-digits", "mnist-v2-predictor") == problem

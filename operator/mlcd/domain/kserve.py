@@ -321,3 +321,21 @@ def backends(stable: str, candidate: str | None, canary_weight: int) -> list[Bac
     if candidate is None:
         return [Backend(stable, 100)]
     return [Backend(stable, 100 - canary_weight), Backend(candidate, canary_weight)]
+
+
+def route_problem(route: Mapping[str, Any] | None, name: str, service: str) -> str | None:
+    """Why the HTTPRoute ``name`` does not lead clients to the predictor Service ``service``
+    yet (it is missing, or ``service`` is none of its backends, whatever its weight), else
+    None."""
+    if route is None:
+        return f"RouteMissing: the HTTPRoute {name} does not exist yet"
+    backends = [
+        ref.get("name")
+        for rule in (route.get("spec") or {}).get("rules") or []
+        if isinstance(rule, Mapping)
+        for ref in rule.get("backendRefs") or []
+        if isinstance(ref, Mapping)
+    ]
+    if service not in backends:
+        return f"RouteMissing: the HTTPRoute {name} does not route to {service} yet"
+    return None

@@ -53,13 +53,22 @@ def serving_target(
     Prometheus that analyses them."""
     if settings.serving == "kserve":
         # Imported here: the kserve SDK costs the local-serving operator ~70 MiB it never uses.
+        from mlcd.domain.kserve import MODE_NAMES
         from mlcd.serving.kserve.api import KubeAPI
         from mlcd.serving.kserve.resources import Options
         from mlcd.serving.kserve.router import KServeRouter
         from mlcd.serving.kserve.serving import KServeServing
 
+        mode = settings.kserve_deployment_mode
+        if mode is not None and MODE_NAMES.get(mode) not in ("Standard", "Knative"):
+            raise PermanentError(
+                f"MLCD_KSERVE_DEPLOYMENT_MODE: {mode!r} is not RawDeployment, Standard, "
+                "Serverless or Knative"
+            )
         api = KubeAPI(kube.http)
-        options = Options(runtime=settings.kserve_runtime)
+        options = Options(
+            runtime=settings.kserve_runtime, deployment_mode=settings.kserve_deployment_mode
+        )
         provider = PrometheusProvider(settings.prometheus_url) if settings.prometheus_url else None
         where = settings.kserve_namespace
         return (

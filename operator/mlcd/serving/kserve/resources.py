@@ -37,6 +37,14 @@ STABLE_ANNOTATION = "mlcd.io/stable"
 SHA256_ENV = "MLCD_MODEL_SHA256"
 #: The key names KServe's storage initializer reads by default (inferenceservice-config).
 DEFAULT_KEY_NAMES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+GATEWAY_GROUP = "gateway.networking.k8s.io"
+GATEWAY_GROUP_VERSION = f"{GATEWAY_GROUP}/v1"
+HTTPROUTES = "httproutes"
+
+
+def route_name(pipeline: str) -> str:
+    """The HTTPRoute that splits a pipeline's traffic during its rollouts (RawDeployment)."""
+    return f"mlcd-{pipeline}"
 
 
 @dataclass(frozen=True)
@@ -49,6 +57,8 @@ class Pipeline:
     inference_service: str
     model: str
     artifacts: StorageLocation | None = None
+    #: Its models roll out (spec.serving.rollout): clients reach them through mlcd's HTTPRoute.
+    routed: bool = False
 
 
 @dataclass(frozen=True)

@@ -32,9 +32,9 @@ from mlcd.serving.kserve.serving import (
     read_kserve_config,
 )
 
-GATEWAY_GROUP = "gateway.networking.k8s.io"
-GATEWAY_GROUP_VERSION = f"{GATEWAY_GROUP}/v1"
-HTTPROUTES = "httproutes"
+GATEWAY_GROUP = resources.GATEWAY_GROUP
+GATEWAY_GROUP_VERSION = resources.GATEWAY_GROUP_VERSION
+HTTPROUTES = resources.HTTPROUTES
 GATEWAY_API = "the Gateway API CRDs (gateway.networking.k8s.io/v1 HTTPRoute)"
 #: KServe's own default Gateway (inferenceservice-config: ingress.kserveIngressGateway).
 DEFAULT_GATEWAY = "kserve/kserve-ingress-gateway"
@@ -148,7 +148,9 @@ class KServeRouter:
         return found
 
     def _route_path(self, key: PipelineKey) -> str:
-        return path(GATEWAY_GROUP_VERSION, HTTPROUTES, key.namespace, f"mlcd-{key.name}")
+        return path(
+            GATEWAY_GROUP_VERSION, HTTPROUTES, key.namespace, resources.route_name(key.name)
+        )
 
     def route(self, key: PipelineKey) -> dict[str, Any] | None:
         if not self.api.serves(GATEWAY_GROUP_VERSION, HTTPROUTES):
@@ -169,7 +171,7 @@ class KServeRouter:
             "apiVersion": GATEWAY_GROUP_VERSION,
             "kind": "HTTPRoute",
             "metadata": {
-                "name": f"mlcd-{key.name}",
+                "name": resources.route_name(key.name),
                 "namespace": key.namespace,
                 "labels": {resources.PIPELINE_LABEL: key.name},
                 "ownerReferences": [

@@ -19,6 +19,7 @@ from mlcd.artifacts.credentials import SecretResolver, s3_keys
 from mlcd.domain import kserve as rules
 from mlcd.domain.observations import ServingView
 from mlcd.domain.records import ModelRef
+from mlcd.domain.rollout import needs_rollout
 from mlcd.domain.spec import API_GROUP, API_VERSION, ModelPipeline, Serving, StorageLocation
 from mlcd.errors import MlcdError, PermanentError, SpecError, TemporaryError
 from mlcd.ports import ModelServing, PipelineKey, ServingRole
@@ -213,9 +214,9 @@ class PipelineServing:
                 return seen
             if time.monotonic() >= deadline:
                 why = seen.readiness
+                waited = f"after {self.ready_timeout:.0f} s" if self.ready_timeout else "yet"
                 raise NotReady(
-                    f"{self._name}: {what} not ready after {self.ready_timeout:.0f} s: "
-                    f"{why.reason}: {why.message}",
+                    f"{self._name}: {what} not ready {waited}: {why.reason}: {why.message}",
                     why.reason,
                 )
             self._sleep(self.poll)
@@ -293,12 +294,32 @@ class PipelineServing:
         seen = self.observe()
         return seen.stable if seen.readiness.ready else None
 
+    def unrouted(self, stable: ModelRef) -> str | None:
+        """Why clients cannot reach ``stable`` through the pipeline's HTTPRoute yet (a routed
+        pipeline in RawDeployment), else None."""
+        name = resources.route_name(self.pipeline.name)
+        where = path(
+            resources.GATEWAY_GROUP_VERSION, resources.HTTPROUTES, self.pipeline.namespace, name
+        )
+        route = self.api.get(where, f"reading the HTTPRoute of {self._name}")
+        isvc = self.pipeline.inference_service
+        service = rules.predictor_service(isvc, rules.predictor_name(isvc, stable.version))
+        return rules.route_problem(route, name, service)
+
     def view(self) -> ServingView:
-        """What KServe reports, as the loop observes a serving target."""
+        """What KServe reports, as the loop observes a serving target: a version serves once
+        KServe reports it ready and, for a routed pipeline, its route leads to it (the loop
+        takes a reported version for a served one)."""
         seen = self.observe()
         why = seen.readiness
-        reason = "" if why.ready else f"{why.reason}: {why.message}"
-        return ServingView(ready=why.ready, ref=seen.stable, url=why.url, reason=reason)
+        if not why.ready or seen.stable is None:
+            reason = f"{why.reason}: {why.message}"
+            return ServingView(ready=False, ref=None, url=why.url, reason=reason)
+        if self.pipeline.routed and seen.mode == "Standard":
+            missing = self.unrouted(seen.stable)
+            if missing is not None:
+                return ServingView(ready=False, ref=None, url=why.url, reason=missing)
+        return ServingView(ready=True, ref=seen.stable, url=why.url)
 
     def stop(self) -> None:
         """Deletes the InferenceService (KServe removes its predictors) and the credentials."""
@@ -318,8 +339,10 @@ def delete_owned(api: KubeAPI, namespace: str, pipeline: str, isvc_path: str | N
 
 def find_inference_service(api: KubeAPI, key: PipelineKey) -> dict[str, Any] | None:
     """The InferenceService mlcd made for ``key``: labelled with its pipeline and, in a
-    cluster, owned by that very incarnation of it (its uid)."""
-    api.require(resources.ISVC_GROUP_VERSION, resources.ISVC_PLURAL, KSERVE)
+    cluster, owned by that very incarnation of it (its uid). None in a cluster without KServe:
+    there is nothing to find (or to clean up when the pipeline is deleted)."""
+    if not api.serves(resources.ISVC_GROUP_VERSION, resources.ISVC_PLURAL):
+        return None
     where = path(resources.ISVC_GROUP_VERSION, resources.ISVC_PLURAL, key.namespace)
     listed = api.get(
         f"{where}?labelSelector={resources.PIPELINE_LABEL}%3D{key.name}",
@@ -361,10 +384,21 @@ class KServeServing:
 
     def problem(self, pipeline: ModelPipeline) -> str | None:
         """What keeps this pipeline from being served on KServe, naming the field: the model
-        repository must be S3 (predictor pods read it, not the operator's disk)."""
+        repository must be S3 (predictor pods read it, not the operator's disk), and the
+        cluster must serve InferenceServices (asked again at the operator's next check, so
+        installing KServe lets the pipeline go on). An API server that does not answer now is
+        no problem of the pipeline's."""
         artifacts = pipeline.spec.artifacts
         problems = rules.storage_problems(artifacts.uri if artifacts else None)
-        return "; ".join(str(p) for p in problems) or None
+        if problems:
+            return "; ".join(str(p) for p in problems)
+        try:
+            self.api.require(resources.ISVC_GROUP_VERSION, resources.ISVC_PLURAL, KSERVE)
+        except TemporaryError:
+            return None
+        except MlcdError as exc:  # not installed, or the operator may not look
+            return f"spec.serving.inferenceService: {exc}"
+        return None
 
     def read_pipeline(self, key: PipelineKey) -> Pipeline:
         """The pipeline's serving spec, from its ModelPipeline."""
@@ -383,6 +417,7 @@ class KServeServing:
             inference_service=serving.inference_service,
             model=serving.name,
             artifacts=StorageLocation.model_validate(artifacts) if artifacts else None,
+            routed=needs_rollout(serving.rollout),
         )
 
     def target(self, key: PipelineKey) -> PipelineServing:
