@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import os
+import pathlib
 from dataclasses import dataclass, field
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
 from mlcd.errors import FieldProblem, SpecError
+from mlcd.pipeline.kubeflow.settings import pod_template_problems
+
+POD_TEMPLATE = "MLCD_KUBEFLOW_POD_TEMPLATE"
 
 
 def _env(name: str, default: str = "") -> str:
@@ -71,6 +75,9 @@ class KubeflowSettings:
             if "=" in item
         )
     )
+    #: A pod template for trial and PyTorchJob pods (node placement, volumes, ...), read from
+    #: the YAML or JSON file ``MLCD_KUBEFLOW_POD_TEMPLATE`` names; mlcd's own fields win.
+    pod_template: dict[str, Any] = field(default_factory=lambda: _pod_template(_env(POD_TEMPLATE)))
     #: Seconds between the steps' looks at an Experiment or a job (``MLCD_KUBEFLOW_POLL``).
     poll_seconds: float = field(default_factory=lambda: float(_env("MLCD_KUBEFLOW_POLL", "5")))
     #: Kubeconfig the steps use instead of their pod's service account; for steps that run
@@ -85,3 +92,20 @@ class KubeflowSettings:
             raise SpecError(
                 [FieldProblem("MLCD_KUBEFLOW_TRAINING", "must be TrainJob or PyTorchJob")]
             )
+        problems = pod_template_problems(self.pod_template)
+        if problems:
+            raise SpecError([FieldProblem(POD_TEMPLATE, p) for p in problems])
+
+
+def _pod_template(path: str) -> dict[str, Any]:
+    if not path:
+        return {}
+    import yaml
+
+    try:
+        loaded = yaml.safe_load(pathlib.Path(path).read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise SpecError([FieldProblem(POD_TEMPLATE, f"cannot read {path}: {exc}")]) from exc
+    if not isinstance(loaded, dict):
+        raise SpecError([FieldProblem(POD_TEMPLATE, f"{path} holds no pod template")])
+    return loaded
