@@ -22,6 +22,11 @@ files of its own (the host's values stay untouched), and reaps orphans.
 Nothing of the node is in the host's network namespace but the host end of the veth and one
 route to the pod subnet; the bridge, the iptables rules and every ``net.*`` sysctl live and die
 in the node's namespace.
+
+``nodens.py forward --listen ADDRESS --to PORT --port-file FILE`` forwards a free port of
+ADDRESS (the host end of the veth, which the node's pods reach) to ``127.0.0.1:PORT`` on the
+host, and writes the port it took to FILE: a service of the host's loopback made reachable for
+pods (:class:`testenv.node.NodeMinIO`).
 """
 
 from __future__ import annotations
@@ -421,6 +426,33 @@ def _teardown(unshare: subprocess.Popen[bytes] | None, init_pid: int, slot: int,
     say(f"stopped; {'cgroups left: ' + str(left) if left else 'nothing left'} ({veth})")
 
 
+# -- a host service for the pods ------------------------------------------------------------------
+def forward(address: str, port: int, port_file: Path) -> int:
+    """Forwards a free port of ``address`` to ``127.0.0.1:port`` until SIGTERM or SIGINT."""
+    stopping = False
+
+    def stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+
+    async def serve() -> None:
+        server = await asyncio.start_server(forwarder(port), address, 0)
+        taken = server.sockets[0].getsockname()[1]
+        tmp = port_file.with_name(port_file.name + ".tmp")
+        tmp.write_text(f"{taken}\n")
+        tmp.replace(port_file)
+        say(f"forwarding {address}:{taken} to 127.0.0.1:{port}")
+        async with server:
+            while not stopping:
+                await asyncio.sleep(0.1)
+
+    asyncio.run(serve())
+    return 0
+
+
 # -- init ------------------------------------------------------------------------------------------
 def _run(*argv: str) -> None:
     subprocess.run(argv, check=True, env=_tools_env())
@@ -460,9 +492,15 @@ def main() -> int:
     sup.add_argument("--api-port", type=int, required=True)
     ini = commands.add_parser("init")
     ini.add_argument("--ready-file", type=Path, required=True)
+    fwd = commands.add_parser("forward")
+    fwd.add_argument("--listen", required=True)
+    fwd.add_argument("--to", type=int, required=True)
+    fwd.add_argument("--port-file", type=Path, required=True)
     args = parser.parse_args()
     if args.command == "supervise":
         return supervise(args.dir, args.api_port)
+    if args.command == "forward":
+        return forward(args.listen, args.to, args.port_file)
     return init(args.ready_file)
 
 
