@@ -325,16 +325,22 @@ def say(message: str) -> None:
     print(f"nodens: {message}", flush=True)
 
 
-def supervise(directory: Path, api_port: int) -> int:
-    stopping = False
+def stop_on_signals() -> Callable[[], bool]:
+    """SIGTERM and SIGINT only raise a flag (the returned check): the caller winds down."""
+    stopped = False
 
     def stop(signum: int, frame: object) -> None:
-        nonlocal stopping
-        stopping = True
+        nonlocal stopped
+        stopped = True
 
-    # Before anything is made on the host: a stop from now on is a teardown.
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    return lambda: stopped
+
+
+def supervise(directory: Path, api_port: int) -> int:
+    # Before anything is made on the host: a stop from now on is a teardown.
+    stopping = stop_on_signals()
     directory.mkdir(parents=True, exist_ok=True)
     cleaned = clean_free_slots()  # what killed supervisors left
     if cleaned:
@@ -352,7 +358,7 @@ def supervise(directory: Path, api_port: int) -> int:
         unshare = _start_init(init_ready)
         deadline = time.monotonic() + 20
         while not init_ready.exists():
-            if stopping or unshare.poll() is not None or time.monotonic() > deadline:
+            if stopping() or unshare.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("the init of the node's namespaces did not come up")
             time.sleep(0.01)
         children = _children(unshare.pid)
@@ -364,8 +370,8 @@ def supervise(directory: Path, api_port: int) -> int:
         sandbox = Sandbox(os.getpid(), init_pid, cgroup_root, veth, addresses)
         (directory / "sandbox.json").write_text(json.dumps(asdict(sandbox), indent=2))
         say(f"ready: init pid {init_pid}, API server forwarded to 127.0.0.1:{api_port}")
-        asyncio.run(_serve(listener, api_port, unshare, lambda: stopping))
-        if not stopping:
+        asyncio.run(_serve(listener, api_port, unshare, stopping))
+        if not stopping():
             say(f"the init exited with {unshare.poll()}")
         return 0
     finally:
@@ -429,14 +435,7 @@ def _teardown(unshare: subprocess.Popen[bytes] | None, init_pid: int, slot: int,
 # -- a host service for the pods ------------------------------------------------------------------
 def forward(address: str, port: int, port_file: Path) -> int:
     """Forwards a free port of ``address`` to ``127.0.0.1:port`` until SIGTERM or SIGINT."""
-    stopping = False
-
-    def stop(signum: int, frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    stopping = stop_on_signals()
 
     async def serve() -> None:
         server = await asyncio.start_server(forwarder(port), address, 0)
@@ -446,7 +445,7 @@ def forward(address: str, port: int, port_file: Path) -> int:
         tmp.replace(port_file)
         say(f"forwarding {address}:{taken} to 127.0.0.1:{port}")
         async with server:
-            while not stopping:
+            while not stopping():
                 await asyncio.sleep(0.1)
 
     asyncio.run(serve())
