@@ -3,7 +3,7 @@ becomes (no cluster needed)."""
 
 from __future__ import annotations
 
-import pathlib
+import json
 import re
 from typing import Any
 
@@ -232,14 +232,12 @@ def test_the_pod_template_reaches_trial_and_pytorchjob_pods_under_mlcds_fields()
 
 
 def test_a_pod_template_of_the_wrong_shape_is_refused_naming_the_setting(
-    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    path = tmp_path / "pod.yaml"
-    path.write_text(yaml.safe_dump(TEMPLATE))
-    monkeypatch.setenv("MLCD_KUBEFLOW_POD_TEMPLATE", str(path))
+    monkeypatch.setenv("MLCD_KUBEFLOW_POD_TEMPLATE", json.dumps(TEMPLATE))
     assert KubeflowSettings(endpoint="http://kfp").pod_template == TEMPLATE
     two = {"spec": {"containers": [{"name": "a"}, {"name": "b"}]}, "kind": "Pod"}
-    path.write_text(yaml.safe_dump(two))
+    monkeypatch.setenv("MLCD_KUBEFLOW_POD_TEMPLATE", yaml.safe_dump(two))
     with pytest.raises(SpecError) as refused:
         KubeflowSettings(endpoint="http://kfp")
     assert str(refused.value) == (
@@ -247,8 +245,8 @@ def test_a_pod_template_of_the_wrong_shape_is_refused_naming_the_setting(
         "MLCD_KUBEFLOW_POD_TEMPLATE: spec.containers: at most one, merged into the trainer's "
         "container"
     )
-    monkeypatch.setenv("MLCD_KUBEFLOW_POD_TEMPLATE", str(tmp_path / "missing.yaml"))
-    with pytest.raises(SpecError, match=r"MLCD_KUBEFLOW_POD_TEMPLATE: cannot read .*missing"):
+    monkeypatch.setenv("MLCD_KUBEFLOW_POD_TEMPLATE", "{spec: [")
+    with pytest.raises(SpecError, match=r"MLCD_KUBEFLOW_POD_TEMPLATE: not JSON or YAML"):
         KubeflowSettings(endpoint="http://kfp")
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import pathlib
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
@@ -75,8 +74,8 @@ class KubeflowSettings:
             if "=" in item
         )
     )
-    #: A pod template for trial and PyTorchJob pods (node placement, volumes, ...), read from
-    #: the YAML or JSON file ``MLCD_KUBEFLOW_POD_TEMPLATE`` names; mlcd's own fields win.
+    #: A pod template for trial and PyTorchJob pods (node placement, volumes, ...), as JSON or
+    #: YAML (``MLCD_KUBEFLOW_POD_TEMPLATE``); mlcd's own fields win.
     pod_template: dict[str, Any] = field(default_factory=lambda: _pod_template(_env(POD_TEMPLATE)))
     #: Seconds between the steps' looks at an Experiment or a job (``MLCD_KUBEFLOW_POLL``).
     poll_seconds: float = field(default_factory=lambda: float(_env("MLCD_KUBEFLOW_POLL", "5")))
@@ -97,15 +96,15 @@ class KubeflowSettings:
             raise SpecError([FieldProblem(POD_TEMPLATE, p) for p in problems])
 
 
-def _pod_template(path: str) -> dict[str, Any]:
-    if not path:
+def _pod_template(text: str) -> dict[str, Any]:
+    if not text.strip():
         return {}
     import yaml
 
     try:
-        loaded = yaml.safe_load(pathlib.Path(path).read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise SpecError([FieldProblem(POD_TEMPLATE, f"cannot read {path}: {exc}")]) from exc
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise SpecError([FieldProblem(POD_TEMPLATE, f"not JSON or YAML: {exc}")]) from exc
     if not isinstance(loaded, dict):
-        raise SpecError([FieldProblem(POD_TEMPLATE, f"{path} holds no pod template")])
+        raise SpecError([FieldProblem(POD_TEMPLATE, "must be a pod template: an object")])
     return loaded
