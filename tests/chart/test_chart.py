@@ -223,6 +223,7 @@ KUBEFLOW_SETTINGS = {
 }
 KUBEFLOW_NOT_VALUES = {
     "steps_kubeconfig": "for steps that run outside the cluster: the tests",
+    "pod_template": "a whole pod template, set as JSON through operator.extraEnv",
     "attempts": "a constant of the engine, not read from the environment",
     "backoff_seconds": "a constant of the engine, not read from the environment",
 }

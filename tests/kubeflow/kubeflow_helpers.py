@@ -15,6 +15,7 @@ from kubernetes import client
 from fakes.kfp_api import FakeKFP
 from helpers import softmax_pipeline
 from mlcd.engines.kubeflow import KubeflowEngine, KubeflowSettings
+from mlcd.pipeline.kubeflow import objects
 from mlcd.ports import PipelineKey, RunKey, RunRequest
 from testenv.cluster import Cluster
 from testenv.kubeflow import HOLD
@@ -168,10 +169,15 @@ class KubeflowAPI:
 
 def play_work(pod: Any, container: str) -> subprocess.CompletedProcess[str]:
     """Runs the pod's container on this machine as the kubelet would start it: its command,
-    arguments and environment (the values it sets, not references to Secrets)."""
+    arguments and environment (the values it sets, not references to Secrets). A TrainJob's
+    ``torchrun --no-python`` is left out: the ranks cannot meet here, so rank 0's trainer runs
+    alone (the real node's tests run torchrun for real)."""
     spec = next(c for c in pod.spec.containers if c.name == container)
     env = {e.name: e.value for e in spec.env or [] if e.value is not None}
-    command = [sys.executable if part == "python" else part for part in spec.command or []]
+    command = list(spec.command or [])
+    if command[:2] == list(objects.TORCHRUN):
+        command = command[2:]
+    command = [sys.executable if part == "python" else part for part in command]
     return subprocess.run(
         [*command, *(spec.args or [])],
         env={**env, "PATH": "/usr/bin:/bin"},

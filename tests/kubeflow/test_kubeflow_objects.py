@@ -3,12 +3,14 @@ becomes (no cluster needed)."""
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
 import pytest
+import yaml
 
-from helpers import softmax_pipeline
+from helpers import SOFTMAX_TRAINER, softmax_pipeline
 from mlcd.domain.checks import parse_pipeline
 from mlcd.domain.spec import ModelPipeline
 from mlcd.engines.kubeflow.settings import KubeflowSettings, SecretKeyRef
@@ -163,6 +165,9 @@ def test_resources_and_runtime_of_a_trainjob() -> None:
     }
     trainer = body["spec"]["trainer"]
     assert trainer["numNodes"] == 4 and trainer["args"][-1] == "--lr=0.1"
+    # The runtime sets torchrun's PET_* variables: torchrun starts one rank per pod.
+    assert trainer["command"] == ["torchrun", "--no-python", "python", str(SOFTMAX_TRAINER)]
+    assert trainer["numProcPerNode"] == 1
     amounts = {"cpu": "2", "memory": "4Gi"}
     assert trainer["resourcesPerNode"] == {"requests": amounts, "limits": amounts}
 
@@ -175,6 +180,74 @@ def test_a_pytorchjob_has_a_master_and_workers() -> None:
     assert replicas["Master"]["template"]["spec"]["containers"][0]["name"] == "pytorch"
     one = objects.pytorch_job(pipeline(), [], CHILD, ClusterSteps(training="PyTorchJob"))
     assert list(one["spec"]["pytorchReplicaSpecs"]) == ["Master"]
+
+
+TEMPLATE = {
+    "metadata": {"labels": {"team": "a", "mlcd.io/run": "theirs"}, "annotations": {"a": "1"}},
+    "spec": {
+        "nodeSelector": {"pool": "cpu"},
+        "tolerations": [{"key": "pool", "operator": "Exists", "effect": "NoSchedule"}],
+        "restartPolicy": "Always",
+        "volumes": [{"name": "cache", "emptyDir": {}}],
+        "containers": [
+            {
+                "name": "ignored",
+                "image": "ignored:1",
+                "imagePullPolicy": "Never",
+                "volumeMounts": [{"name": "cache", "mountPath": "/cache"}],
+                "env": [
+                    {"name": "HF_HOME", "value": "/cache"},
+                    {"name": "MLCD_STAGE", "value": "x"},
+                ],
+            }
+        ],
+    },
+}
+
+
+def test_the_pod_template_reaches_trial_and_pytorchjob_pods_under_mlcds_fields() -> None:
+    p = pipeline()
+    assert p.spec.tuning is not None
+    cluster = ClusterSteps(training="PyTorchJob", pod_template=TEMPLATE, pod_annotations={"b": "2"})
+    trial = objects.experiment(p, p.spec.tuning, CHILD, cluster)["spec"]["trialTemplate"]
+    job = objects.pytorch_job(p, [], CHILD, cluster)["spec"]["pytorchReplicaSpecs"]["Master"]
+    for template in (trial["trialSpec"]["spec"]["template"], job["template"]):
+        assert template["metadata"]["labels"] == {"team": "a", "mlcd.io/run": "run-1"}
+        assert template["metadata"]["annotations"] == {"a": "1", "b": "2"}
+        spec = template["spec"]
+        assert spec["nodeSelector"] == {"pool": "cpu"} and spec["tolerations"][0]["key"] == "pool"
+        assert spec["volumes"] == [{"name": "cache", "emptyDir": {}}]
+        assert spec["restartPolicy"] == "Never"  # mlcd's
+        (container,) = spec["containers"]
+        assert container["name"] in ("trainer", "pytorch")
+        assert container["image"] == "registry.test/softmax:1"
+        assert container["imagePullPolicy"] == "Never"
+        assert container["volumeMounts"] == [{"name": "cache", "mountPath": "/cache"}]
+        env = [(e["name"], e.get("value")) for e in container["env"]]
+        assert env[0] == ("HF_HOME", "/cache")
+        assert [v for n, v in env if n == "MLCD_STAGE"] in (["trial"], ["train"])  # mlcd's
+    # A TrainJob's pods take theirs from the runtime.
+    body = objects.train_job(p, [], CHILD, ClusterSteps(pod_template=TEMPLATE))
+    assert "nodeSelector" not in str(body)
+
+
+def test_a_pod_template_of_the_wrong_shape_is_refused_naming_the_setting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MLCD_KUBEFLOW_POD_TEMPLATE", json.dumps(TEMPLATE))
+    assert KubeflowSettings(endpoint="http://kfp").pod_template == TEMPLATE
+    two = {"spec": {"containers": [{"name": "a"}, {"name": "b"}]}, "kind": "Pod"}
+    monkeypatch.setenv("MLCD_KUBEFLOW_POD_TEMPLATE", yaml.safe_dump(two))
+    with pytest.raises(SpecError) as refused:
+        KubeflowSettings(endpoint="http://kfp")
+    assert str(refused.value) == (
+        "MLCD_KUBEFLOW_POD_TEMPLATE: kind: not a field of a pod template; "
+        "MLCD_KUBEFLOW_POD_TEMPLATE: spec.containers: at most one, merged into the trainer's "
+        "container"
+    )
+    monkeypatch.setenv("MLCD_KUBEFLOW_POD_TEMPLATE", "{spec: [")
+    with pytest.raises(SpecError, match=r"MLCD_KUBEFLOW_POD_TEMPLATE: not JSON or YAML"):
+        KubeflowSettings(endpoint="http://kfp")
 
 
 def test_a_field_the_sdk_model_does_not_know_fails() -> None:

@@ -21,7 +21,7 @@ from testenv.haproxy import HAProxy
 from testenv.kserve import KServe
 from testenv.kube import NODE_NAME, KubeAPIServer
 from testenv.minio import MinIO
-from testenv.node import RealNode
+from testenv.node import NodeMinIO, RealNode
 from testenv.prometheus import Prometheus, PrometheusAPI
 from testenv.stack import Stack
 
@@ -31,6 +31,7 @@ STACK_FIXTURES = (
     "nodes",
     "real_node",
     "minio",
+    "node_minio",
     "prometheus",
     "haproxy",
     "training_operator",
@@ -150,6 +151,16 @@ def minio(testenv_stack: Stack) -> MinIO:
     testenv_stack.up("minio")
     component = testenv_stack.component("minio")
     assert isinstance(component, MinIO)
+    return component
+
+
+@pytest.fixture(scope="session")
+def node_minio(testenv_stack: Stack, real_node: RealNode, minio: MinIO) -> NodeMinIO:
+    """MinIO as the real node's pods reach it: ``endpoint`` on the host end of the node's link,
+    which the host reaches too; ``minio`` for the credentials, bucket and a client."""
+    testenv_stack.up("node_minio")
+    component = testenv_stack.component("node-minio")
+    assert isinstance(component, NodeMinIO)
     return component
 
 

@@ -17,6 +17,7 @@ import yaml
 
 from testenv.binaries import binary
 from testenv.component import Component, http_ok
+from testenv.images import BUSYBOX_IMAGE
 from testenv.kube import KubeAPIServer
 from testenv.pki import CertificateAuthority
 from testenv.proc import free_port
@@ -132,6 +133,8 @@ class TrainingOperator(_Controller):
 
     def start(self) -> None:
         certs = self.prepare()
+        init = self.dir / "init-container.yaml"
+        init.write_text(INIT_CONTAINER)
         self.spawn(
             [
                 str(binary("training-operator")),
@@ -139,9 +142,33 @@ class TrainingOperator(_Controller):
                 f"--webhook-server-port={self.webhook_port}",
                 "--metrics-bind-address=0",
                 f"--health-probe-bind-address=127.0.0.1:{self.probe_port}",
+                f"--pytorch-init-container-image={BUSYBOX_IMAGE}",
+                f"--pytorch-init-container-template-file={init}",
+                "--pytorch-init-container-max-tries=60",
             ],
             env=self.env(),
         )
+
+
+#: The workers' init container, waiting until the master's name resolves. The operator's own
+#: runs alpine 3.10's nslookup; there is no registry here, and the busybox of the real node's
+#: images exits 1 when any name of the search list is unknown, found or not: it is the answer's
+#: Name line that tells.
+INIT_CONTAINER = """\
+- name: init-pytorch
+  image: {{.InitContainerImage}}
+  imagePullPolicy: IfNotPresent
+  resources:
+    limits: {cpu: 100m, memory: 20Mi}
+    requests: {cpu: 50m, memory: 10Mi}
+  command:
+  - sh
+  - -c
+  - >-
+    for i in $(seq {{.MaxTries}}); do
+    nslookup {{.MasterAddr}} | grep -q '^Name:' && exit 0;
+    echo waiting for {{.MasterAddr}}; sleep 1; done; exit 1
+"""
 
 
 class JobSet(_Controller):
@@ -226,17 +253,37 @@ class Trainer(_Controller):
         from testenv.cluster import Cluster
 
         super().after_ready()
-        runtime = yaml.safe_load((self.home / "runtimes" / "torch_distributed.yaml").read_text())
-        runtime["metadata"]["name"] = TEST_RUNTIME
-        job = runtime["spec"]["template"]["spec"]["replicatedJobs"][0]["template"]
-        job.setdefault("spec", {})["backoffLimit"] = 0
         # kwok keeps held pods running until the test that plays their work releases them.
-        pod = job["spec"]["template"]
-        pod.setdefault("metadata", {}).setdefault("annotations", {})[HOLD] = "true"
+        runtime = torch_runtime(TEST_RUNTIME, annotations={HOLD: "true"})
         with Cluster(self.apiserver()).api_client() as api:
             client.CustomObjectsApi(api).create_cluster_custom_object(
                 "trainer.kubeflow.org", "v1alpha1", "clustertrainingruntimes", runtime
             )
+
+
+def torch_runtime(
+    name: str,
+    *,
+    annotations: dict[str, str] | None = None,
+    pod_spec: dict[str, Any] | None = None,
+    container: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The Trainer's stock ``torch-distributed`` ClusterTrainingRuntime as ``name``, with
+    backoffLimit 0 (a failed node fails the job at once; the stock 6 retries take minutes),
+    and ``annotations``, ``pod_spec`` fields and ``container`` fields (the ``node`` container)
+    added to its pods."""
+    stock = binary("trainer").parent.parent / "runtimes" / "torch_distributed.yaml"
+    runtime: dict[str, Any] = yaml.safe_load(stock.read_text())
+    runtime["metadata"]["name"] = name
+    job = runtime["spec"]["template"]["spec"]["replicatedJobs"][0]["template"]
+    job.setdefault("spec", {})["backoffLimit"] = 0
+    pod = job["spec"]["template"]
+    if annotations:
+        pod.setdefault("metadata", {}).setdefault("annotations", {}).update(annotations)
+    pod["spec"].update(pod_spec or {})
+    node = next(c for c in pod["spec"]["containers"] if c["name"] == "node")
+    node.update(container or {})
+    return runtime
 
 
 class KatibCRDs(Component):

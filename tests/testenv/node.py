@@ -539,6 +539,53 @@ def create_or_keep(create: Any) -> None:
             raise
 
 
+class NodeMinIO(Component):
+    """MinIO for the node's pods: a forwarder on the host end of the node's veth to MinIO on the
+    host's loopback (pods on the pod network and hostNetwork pods both route there). The host
+    reaches the same address, so one S3 endpoint serves what runs on the host and in pods."""
+
+    name = "node-minio"
+    requires = ("minio", "node-sandbox")
+    start_timeout = 15.0
+
+    def start(self) -> None:
+        minio = self.minio
+        sandbox = self.stack.component("node-sandbox")
+        assert isinstance(sandbox, NodeSandbox)
+        self.host = sandbox.sandbox.addresses.host_ip
+        self.port_file = self.dir / "port"
+        self.port_file.unlink(missing_ok=True)
+        self.spawn(
+            [
+                sys.executable,
+                str(NODENS),
+                "forward",
+                f"--listen={self.host}",
+                f"--to={minio.port}",
+                f"--port-file={self.port_file}",
+            ]
+        )
+
+    @property
+    def minio(self) -> Any:
+        """The MinIO behind it: credentials, bucket, a client."""
+        from testenv.minio import MinIO
+
+        component = self.stack.component("minio")
+        assert isinstance(component, MinIO)
+        return component
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://{self.host}:{self.port_file.read_text().strip()}"
+
+    def probe(self) -> bool:
+        return self.port_file.exists() and http_ok(f"{self.endpoint}/minio/health/ready")
+
+    def exports(self) -> dict[str, str]:
+        return {"REAL_NODE_MINIO_ENDPOINT": self.endpoint}
+
+
 # -- what a test gets ------------------------------------------------------------------------------
 @dataclass
 class RealNode:

@@ -22,6 +22,11 @@ files of its own (the host's values stay untouched), and reaps orphans.
 Nothing of the node is in the host's network namespace but the host end of the veth and one
 route to the pod subnet; the bridge, the iptables rules and every ``net.*`` sysctl live and die
 in the node's namespace.
+
+``nodens.py forward --listen ADDRESS --to PORT --port-file FILE`` forwards a free port of
+ADDRESS (the host end of the veth, which the node's pods reach) to ``127.0.0.1:PORT`` on the
+host, and writes the port it took to FILE: a service of the host's loopback made reachable for
+pods (:class:`testenv.node.NodeMinIO`).
 """
 
 from __future__ import annotations
@@ -320,16 +325,22 @@ def say(message: str) -> None:
     print(f"nodens: {message}", flush=True)
 
 
-def supervise(directory: Path, api_port: int) -> int:
-    stopping = False
+def stop_on_signals() -> Callable[[], bool]:
+    """SIGTERM and SIGINT only raise a flag (the returned check): the caller winds down."""
+    stopped = False
 
     def stop(signum: int, frame: object) -> None:
-        nonlocal stopping
-        stopping = True
+        nonlocal stopped
+        stopped = True
 
-    # Before anything is made on the host: a stop from now on is a teardown.
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    return lambda: stopped
+
+
+def supervise(directory: Path, api_port: int) -> int:
+    # Before anything is made on the host: a stop from now on is a teardown.
+    stopping = stop_on_signals()
     directory.mkdir(parents=True, exist_ok=True)
     cleaned = clean_free_slots()  # what killed supervisors left
     if cleaned:
@@ -347,7 +358,7 @@ def supervise(directory: Path, api_port: int) -> int:
         unshare = _start_init(init_ready)
         deadline = time.monotonic() + 20
         while not init_ready.exists():
-            if stopping or unshare.poll() is not None or time.monotonic() > deadline:
+            if stopping() or unshare.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("the init of the node's namespaces did not come up")
             time.sleep(0.01)
         children = _children(unshare.pid)
@@ -359,8 +370,8 @@ def supervise(directory: Path, api_port: int) -> int:
         sandbox = Sandbox(os.getpid(), init_pid, cgroup_root, veth, addresses)
         (directory / "sandbox.json").write_text(json.dumps(asdict(sandbox), indent=2))
         say(f"ready: init pid {init_pid}, API server forwarded to 127.0.0.1:{api_port}")
-        asyncio.run(_serve(listener, api_port, unshare, lambda: stopping))
-        if not stopping:
+        asyncio.run(_serve(listener, api_port, unshare, stopping))
+        if not stopping():
             say(f"the init exited with {unshare.poll()}")
         return 0
     finally:
@@ -421,6 +432,26 @@ def _teardown(unshare: subprocess.Popen[bytes] | None, init_pid: int, slot: int,
     say(f"stopped; {'cgroups left: ' + str(left) if left else 'nothing left'} ({veth})")
 
 
+# -- a host service for the pods ------------------------------------------------------------------
+def forward(address: str, port: int, port_file: Path) -> int:
+    """Forwards a free port of ``address`` to ``127.0.0.1:port`` until SIGTERM or SIGINT."""
+    stopping = stop_on_signals()
+
+    async def serve() -> None:
+        server = await asyncio.start_server(forwarder(port), address, 0)
+        taken = server.sockets[0].getsockname()[1]
+        tmp = port_file.with_name(port_file.name + ".tmp")
+        tmp.write_text(f"{taken}\n")
+        tmp.replace(port_file)
+        say(f"forwarding {address}:{taken} to 127.0.0.1:{port}")
+        async with server:
+            while not stopping():
+                await asyncio.sleep(0.1)
+
+    asyncio.run(serve())
+    return 0
+
+
 # -- init ------------------------------------------------------------------------------------------
 def _run(*argv: str) -> None:
     subprocess.run(argv, check=True, env=_tools_env())
@@ -460,9 +491,15 @@ def main() -> int:
     sup.add_argument("--api-port", type=int, required=True)
     ini = commands.add_parser("init")
     ini.add_argument("--ready-file", type=Path, required=True)
+    fwd = commands.add_parser("forward")
+    fwd.add_argument("--listen", required=True)
+    fwd.add_argument("--to", type=int, required=True)
+    fwd.add_argument("--port-file", type=Path, required=True)
     args = parser.parse_args()
     if args.command == "supervise":
         return supervise(args.dir, args.api_port)
+    if args.command == "forward":
+        return forward(args.listen, args.to, args.port_file)
     return init(args.ready_file)
 
 

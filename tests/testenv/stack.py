@@ -16,7 +16,7 @@ from testenv.kserve import KServe
 from testenv.kube import Etcd, KubeAPIServer, KubeControllerManager, KubeScheduler, Kwok
 from testenv.kubeflow import JobSet, KatibCRDs, Trainer, TrainingOperator
 from testenv.minio import MinIO
-from testenv.node import Containerd, CoreDNS, Kubelet, KubeProxy, NodeSandbox
+from testenv.node import Containerd, CoreDNS, Kubelet, KubeProxy, NodeMinIO, NodeSandbox
 from testenv.proc import ComponentError, pid_alive, stop_groups
 from testenv.prometheus import Prometheus
 
@@ -40,6 +40,7 @@ COMPONENTS: dict[str, type[Component]] = {
         Kubelet,
         KubeProxy,
         CoreDNS,
+        NodeMinIO,
         KServe,
         Traefik,
     )
@@ -67,6 +68,8 @@ GROUPS: dict[str, tuple[str, ...]] = {
         "kube-proxy",
         "coredns",
     ),
+    # MinIO as the real node's pods reach it (the fixture asks for the real node too).
+    "node_minio": ("node-minio",),
     "kserve": (
         "etcd",
         "kube-apiserver",

@@ -5,7 +5,8 @@
   ``train`` (fit on all training data, possibly as one of ``WORLD_SIZE`` DDP workers, rank 0
   writes ``model.onnx`` into ``MLCD_MODEL_DIR``) or ``evaluate`` (load the trained model and
   write its outputs on ``MLCD_EVAL_DATA`` to ``MLCD_PREDICTIONS_PATH``);
-* metrics are printed as ``name=value`` lines.
+* metrics are printed as ``name=value`` lines;
+* on a cluster the data, model and metrics locations are ``s3://`` URIs (:mod:`.storage`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.data.distributed import DistributedSampler
 
+from mnist_trainer import storage
 from mnist_trainer.model import DigitNet
 
 
@@ -42,8 +44,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def load(path: str) -> TensorDataset:
-    with np.load(path) as data:
+def load(uri: str) -> TensorDataset:
+    with storage.readable(uri) as path, np.load(path) as data:
         x = torch.from_numpy(data["x"].astype(np.float32))
         y = torch.from_numpy(data["y"].astype(np.int64))
     return TensorDataset(x, y)
@@ -79,6 +81,7 @@ def fit(
     model: nn.Module = DigitNet(args.channels, dropout=args.dropout)
     if world > 1:
         dist.init_process_group("gloo")
+        print(f"process group: rank {rank} of {world}", flush=True)
         model = nn.parallel.DistributedDataParallel(model)
     sampler = DistributedSampler(data, num_replicas=world, rank=rank, seed=args.seed)
     loader = DataLoader(data, batch_size=args.batch_size, sampler=sampler)
@@ -152,11 +155,12 @@ def main(argv: list[str] | None = None) -> int:
     validation = load(validation_path) if stage == "trial" and validation_path else None
     model = fit(args, data, validation)
     if stage == "train" and int(os.environ.get("RANK", "0")) == 0:
-        export(model, args, pathlib.Path(os.environ["MLCD_MODEL_DIR"]))
+        with storage.writable_folder(os.environ["MLCD_MODEL_DIR"]) as out:
+            export(model, args, out)
         summary = {"train_seconds": round(time.monotonic() - started, 3)}
         metrics_file = os.environ.get("MLCD_METRICS_FILE")
         if metrics_file:
-            pathlib.Path(metrics_file).write_text(json.dumps(summary))
+            storage.write_text(metrics_file, json.dumps(summary))
     if dist.is_initialized():
         dist.destroy_process_group()
     return 0

@@ -29,10 +29,13 @@ func main() {
 	flag.StringVar(&probeAddr, "health-probe-bind-address", "127.0.0.1:0", "probe address")
 	flag.StringVar(&certDir, "cert-dir", "", "folder with tls.crt and tls.key for the webhook")
 	flag.IntVar(&webhookPort, "webhook-server-port", 9443, "webhook port on 127.0.0.1")
-	// The workers' init container (it waits for the master's Service), as the operator's flags set it.
-	config.Config.PyTorchInitContainerImage = config.PyTorchInitContainerImageDefault
-	config.Config.PyTorchInitContainerTemplateFile = config.PyTorchInitContainerTemplateFileDefault
-	config.Config.PyTorchInitContainerMaxTries = config.PyTorchInitContainerMaxTriesDefault
+	// The workers' init container (it waits for the master's Service): the operator's own flags.
+	flag.StringVar(&config.Config.PyTorchInitContainerImage, "pytorch-init-container-image",
+		config.PyTorchInitContainerImageDefault, "image of the workers' init container")
+	flag.StringVar(&config.Config.PyTorchInitContainerTemplateFile, "pytorch-init-container-template-file",
+		config.PyTorchInitContainerTemplateFileDefault, "file with the init container's template (the built-in one when absent)")
+	flag.IntVar(&config.Config.PyTorchInitContainerMaxTries, "pytorch-init-container-max-tries",
+		config.PyTorchInitContainerMaxTriesDefault, "tries of the init container's look-up of the master")
 	opts := zap.Options{}
 	opts.BindFlags(flag.CommandLine)
 	flag.Parse()

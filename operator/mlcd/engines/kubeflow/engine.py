@@ -223,6 +223,7 @@ class KubeflowEngine:
             runtime=self.settings.runtime,
             service_account=self.settings.service_account or None,
             pod_annotations=dict(self.settings.pod_annotations),
+            pod_template=dict(self.settings.pod_template),
             poll_seconds=self.settings.poll_seconds,
             kubeconfig=self.settings.steps_kubeconfig or None,
         )

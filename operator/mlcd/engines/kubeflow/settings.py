@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
 from mlcd.errors import FieldProblem, SpecError
+from mlcd.pipeline.kubeflow.settings import pod_template_problems
+
+POD_TEMPLATE = "MLCD_KUBEFLOW_POD_TEMPLATE"
 
 
 def _env(name: str, default: str = "") -> str:
@@ -71,6 +74,9 @@ class KubeflowSettings:
             if "=" in item
         )
     )
+    #: A pod template for trial and PyTorchJob pods (node placement, volumes, ...), as JSON or
+    #: YAML (``MLCD_KUBEFLOW_POD_TEMPLATE``); mlcd's own fields win.
+    pod_template: dict[str, Any] = field(default_factory=lambda: _pod_template(_env(POD_TEMPLATE)))
     #: Seconds between the steps' looks at an Experiment or a job (``MLCD_KUBEFLOW_POLL``).
     poll_seconds: float = field(default_factory=lambda: float(_env("MLCD_KUBEFLOW_POLL", "5")))
     #: Kubeconfig the steps use instead of their pod's service account; for steps that run
@@ -85,3 +91,20 @@ class KubeflowSettings:
             raise SpecError(
                 [FieldProblem("MLCD_KUBEFLOW_TRAINING", "must be TrainJob or PyTorchJob")]
             )
+        problems = pod_template_problems(self.pod_template)
+        if problems:
+            raise SpecError([FieldProblem(POD_TEMPLATE, p) for p in problems])
+
+
+def _pod_template(text: str) -> dict[str, Any]:
+    if not text.strip():
+        return {}
+    import yaml
+
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise SpecError([FieldProblem(POD_TEMPLATE, f"not JSON or YAML: {exc}")]) from exc
+    if not isinstance(loaded, dict):
+        raise SpecError([FieldProblem(POD_TEMPLATE, "must be a pod template: an object")])
+    return loaded

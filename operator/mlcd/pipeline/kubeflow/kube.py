@@ -101,6 +101,16 @@ class Kube:
         )
         return list(listed.items)
 
+    def events(self, namespace: str, kind: Kind, name: str) -> list[Any]:
+        """The Events about one object (what its controller said of it)."""
+        listed = self._call(
+            f"listing Events of {kind.kind} {namespace}/{name}",
+            self.core.list_namespaced_event,
+            namespace,
+            field_selector=f"involvedObject.kind={kind.kind},involvedObject.name={name}",
+        )
+        return list(listed.items)
+
     def close(self) -> None:
         self.api.close()
 

@@ -27,6 +27,10 @@ SCRATCH = "/tmp/mlcd"
 #: Katib algorithms that take a seed as the setting ``random_state``.
 SEEDED = ("random", "tpe", "multivariate-tpe", "cmaes", "bayesianoptimization")
 TRAINER_CONTAINER = "trainer"
+#: A TrainJob's torch runtime sets only torchrun's PET_* variables; torchrun turns them into the
+#: contract's RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT (as the local engine's
+#: torchrun does), and runs the trainer's own command.
+TORCHRUN = ("torchrun", "--no-python")
 PYTORCH_CONTAINER = "pytorch"  # the training operator finds the container by this name
 
 
@@ -88,21 +92,41 @@ def resources(per_worker: Resources | None) -> dict[str, Any] | None:
 
 
 def _pod_metadata(child: Child, cluster: ClusterSteps) -> dict[str, Any]:
-    meta: dict[str, Any] = {"labels": {RUN_LABEL: _label(child.run_id)}}
-    if cluster.pod_annotations:
-        meta["annotations"] = dict(cluster.pod_annotations)
+    template = cluster.pod_template.get("metadata") or {}
+    meta: dict[str, Any] = {
+        **template,
+        "labels": {**(template.get("labels") or {}), RUN_LABEL: _label(child.run_id)},
+    }
+    annotations = {**(template.get("annotations") or {}), **cluster.pod_annotations}
+    if annotations:
+        meta["annotations"] = annotations
     return meta
 
 
 def _pod_spec(container: dict[str, Any], trainer: Trainer, cluster: ClusterSteps) -> dict[str, Any]:
-    """One container that runs once (restartPolicy Never), with the worker's resources."""
+    """One container that runs once (restartPolicy Never), with the worker's resources, over
+    the settings' pod template."""
     limits = resources(trainer.resources_per_worker)
     if limits:
         container["resources"] = limits
     pod: dict[str, Any] = {"restartPolicy": "Never", "containers": [container]}
     if cluster.service_account:
         pod["serviceAccountName"] = cluster.service_account
-    return pod
+    return _over_template(pod, cluster.pod_template.get("spec") or {})
+
+
+def _over_template(pod: dict[str, Any], template: Mapping[str, Any]) -> dict[str, Any]:
+    """``pod`` over the template's spec: mlcd's fields win, the template's one container
+    gives the trainer's container what mlcd does not set, and its env comes first."""
+    theirs = dict((template.get("containers") or [{}])[0])
+    ours = pod["containers"][0]
+    ours_env = ours.get("env") or []
+    mine = {e["name"] for e in ours_env}
+    env = [e for e in theirs.pop("env", None) or [] if e.get("name") not in mine] + ours_env
+    container = {**theirs, **ours}
+    if env:
+        container["env"] = env
+    return {**template, **pod, "containers": [container]}
 
 
 def _image(trainer: Trainer) -> str:
@@ -255,7 +279,8 @@ def train_job(
     pipeline: ModelPipeline, args: list[str], child: Child, cluster: ClusterSteps
 ) -> dict[str, Any]:
     """A Trainer v2 TrainJob: the runtime by reference, ``numNodes`` workers, the best
-    parameters as arguments; the runtime's torch plugin sets the PET_* environment."""
+    parameters as arguments; the runtime's torch plugin sets the PET_* environment that
+    torchrun, in front of the trainer's command, reads."""
     from kubeflow_trainer_api import models as t
 
     trainer = pipeline.spec.trainer
@@ -267,10 +292,13 @@ def train_job(
         },
         "trainer": {
             "image": _image(trainer),
-            "command": list(trainer.command),
+            "command": [*TORCHRUN, *trainer.command],
             "args": [*trainer.args, *args],
             "env": env_vars(pipeline, {"MLCD_STAGE": "train", **child.env}),
             "numNodes": trainer.workers,
+            # One rank per pod: the world size is trainer.workers (the runtime's "auto"
+            # would start a process per CPU of resourcesPerWorker).
+            "numProcPerNode": 1,
         },
     }
     limits = resources(trainer.resources_per_worker)

@@ -5,16 +5,17 @@ from __future__ import annotations
 
 import json
 import pathlib
+import re
 import time
 from collections.abc import Mapping
 from typing import Any
 
 from mlcd.domain import metrics_text, search
 from mlcd.domain.spec import duration_seconds
-from mlcd.errors import StageFailed
+from mlcd.errors import MlcdError, StageFailed
 from mlcd.pipeline.context import RunContext
 from mlcd.pipeline.kubeflow import objects
-from mlcd.pipeline.kubeflow.kube import PYTORCHJOB, TRAINJOB, Kube
+from mlcd.pipeline.kubeflow.kube import PYTORCHJOB, TRAINJOB, Kind, Kube
 from mlcd.pipeline.kubeflow.names import child_name
 from mlcd.pipeline.kubeflow.runfiles import RunFiles
 from mlcd.pipeline.kubeflow.settings import ClusterSteps
@@ -75,6 +76,10 @@ def run(
                 deadline=started + timeout,
             )
             problems = pod_problems(kube.pods(namespace, POD_SELECTORS[kind].format(name=name)))
+            if live and condition(live, "Failed") and not any(" failed: " in p for p in problems):
+                # The training operator deletes the pods of a job it fails (whatever its
+                # cleanPodPolicy); its Events keep what each pod exited with.
+                problems += _exits(kube, KINDS[kind], namespace, name)
             if live is None and kube.get(KINDS[kind], namespace, name) is not None:
                 kube.delete(KINDS[kind], namespace, name)
                 detail = "; ".join(problems) or "no pod reported a problem"
@@ -113,6 +118,27 @@ def run(
                 f"the training job wrote no model.onnx into $MLCD_MODEL_DIR ({files.uri('model')})"
             )
         outcome["metrics"] = metrics_text.latest(series)
+
+
+#: The training operator's Event for a pod's end: "Pod: <namespace>.<pod> exited with code N".
+EXITED = re.compile(r"Pod: [^.\s]+\.(?P<pod>\S+) exited with code (?P<code>-?\d+)")
+
+
+def _exits(kube: Kube, kind: Kind, namespace: str, name: str) -> list[str]:
+    """Non-zero exits the job's ExitedWithCode Events report, one line per pod."""
+    try:
+        events = kube.events(namespace, kind, name)
+    except MlcdError as exc:
+        return [f"the job's Events could not be read ({exc})"]
+    exits: dict[str, str] = {}
+    for event in events:
+        found = EXITED.fullmatch(event.message or "") if event.reason == "ExitedWithCode" else None
+        if found and found["code"] != "0":
+            exits[found["pod"]] = found["code"]
+    return [
+        f"pod {pod} failed: exited {code} (Event ExitedWithCode)"
+        for pod, code in sorted(exits.items())
+    ]
 
 
 def _finished(kind: str, obj: Mapping[str, Any]) -> bool:
