@@ -238,3 +238,31 @@ class Pipelines:
 
         result: list[dict[str, Any]] = wait_for(f"{count} finished runs of {name}", check, timeout)
         return result
+
+    def remove(self, grace: float = 10.0) -> None:
+        """Deletes every ModelPipeline of the namespace, then the namespace. An operator still
+        running releases them (its cleanup runs); what is still held after ``grace`` seconds
+        has its finalizers dropped. No pipeline outlives its test: an operator a later test
+        starts watching every namespace would otherwise take it up."""
+        import time
+
+        def names() -> list[str]:
+            listed = self.api.list_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL)
+            return [item["metadata"]["name"] for item in listed.get("items", [])]
+
+        for name in names():
+            try:
+                self.delete(name)
+            except client.ApiException as exc:
+                if exc.status != 404:
+                    raise
+        deadline = time.monotonic() + grace
+        while names() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        for name in names():
+            try:
+                self.patch(name, {"metadata": {"finalizers": None}})
+            except client.ApiException as exc:
+                if exc.status != 404:
+                    raise
+        self.cluster.delete_namespace(self.namespace)

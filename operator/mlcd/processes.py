@@ -17,28 +17,35 @@ def start_time(pid: int) -> int | None:
     """When the process started, in clock ticks since boot (``/proc/<pid>/stat``); None when
     there is no such process. With the pid it names one process: a pid reused by another
     process after a restart has another start time."""
+    fields = _stat(pid)
+    return None if fields is None else int(fields[19])
+
+
+def _stat(pid: int) -> list[str] | None:
+    """The fields of ``/proc/<pid>/stat`` after the command name (state first); None when
+    there is no such process."""
     try:
         stat = pathlib.Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     # The command name (field 2) may hold spaces and parentheses: split after its last ')'.
-    fields = stat.rsplit(")", 1)[1].split()
-    return int(fields[19])
+    return stat.rsplit(")", 1)[1].split()
 
 
 def alive(pid: int, started: int | None = None) -> bool:
-    """The process ``pid`` exists (and, when ``started`` is given, is the one that started
-    then, not a later process that reused its pid)."""
+    """The process ``pid`` runs (and, when ``started`` is given, is the one that started
+    then, not a later process that reused its pid). A zombie does not run: a process whose
+    parent died waits for init to reap it, and some inits (in containers) never do."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         pass
-    if started is None:
-        return True
-    now = start_time(pid)
-    return now is not None and now == started
+    fields = _stat(pid)
+    if fields is None or fields[0] in ("Z", "X"):
+        return False
+    return started is None or int(fields[19]) == started
 
 
 def kill_group(pgid: int, grace: float = 5.0) -> None:

@@ -125,6 +125,7 @@ WRONG_VALUES = [
     ("operator.engine=kubeflow", "kubeflow.endpoint"),
     ("operator.serving=knative", "serving"),
     ("kserve.namespace=KServe", "namespace"),
+    ("kserve.deploymentMode=Raw", "deploymentMode"),
     ("prometheus.url=prometheus:9090", "url"),
     ("kubeflow.endpoint=ml-pipeline", "endpoint"),
     ("kubeflow.training=MPIJob", "training"),
@@ -186,6 +187,7 @@ SETTINGS = {
     "serving": ("operator.serving=kserve", "kserve"),
     "kserve_runtime": ("kserve.runtime=kserve-onnx", "kserve-onnx"),
     "kserve_namespace": ("kserve.namespace=kubeflow", "kubeflow"),
+    "kserve_deployment_mode": ("kserve.deploymentMode=Serverless", "Serverless"),
     "prometheus_url": (
         "prometheus.url=http://prometheus.monitoring:9090",
         "http://prometheus.monitoring:9090",

@@ -123,5 +123,6 @@ def pipelines(
     prefix = getattr(request.module, "NAMESPACE_PREFIX", "kserve-op-")
     namespace = cluster.create_namespace(prefix=prefix)
     minio_secret(api, namespace, minio)
-    yield Pipelines(cluster, namespace)
-    cluster.delete_namespace(namespace)
+    pipelines = Pipelines(cluster, namespace)
+    yield pipelines
+    pipelines.remove()

@@ -47,13 +47,15 @@ def start_operator(
 @pytest.fixture
 def pipelines(mlcd_cluster: Cluster) -> Iterator[Pipelines]:
     namespace = mlcd_cluster.create_namespace(prefix="mp-")
-    yield Pipelines(mlcd_cluster, namespace)
-    mlcd_cluster.delete_namespace(namespace)
+    pipelines = Pipelines(mlcd_cluster, namespace)
+    yield pipelines
+    pipelines.remove()
 
 
 @pytest.fixture
 def other_tenant(mlcd_cluster: Cluster) -> Iterator[Pipelines]:
     """ModelPipelines in a second namespace, for tests of two tenants."""
     namespace = mlcd_cluster.create_namespace(prefix="mp-")
-    yield Pipelines(mlcd_cluster, namespace)
-    mlcd_cluster.delete_namespace(namespace)
+    pipelines = Pipelines(mlcd_cluster, namespace)
+    yield pipelines
+    pipelines.remove()

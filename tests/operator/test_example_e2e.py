@@ -34,9 +34,11 @@ def test_kubectl_apply_the_example_then_wait_for_ready(start_operator, pipelines
     )
     assert "condition met" in waited.stdout
     table = cluster.kubectl("get", "mp", "-n", ns).stdout.splitlines()
-    assert table[0].split() == ["NAME", "PHASE", "SERVING", "METRIC", "NEXT", "RUN", "AGE"]
+    header = ["NAME", "PHASE", "SERVING", "ROLLOUT", "CANARY", "METRIC", "NEXT", "RUN", "AGE"]
+    assert table[0].split() == header
+    # The first model is served at once: no rollout, its columns empty.
     row = table[1].split()
-    assert row[:3] == ["mnist", "Ready", "1"] and row[3].startswith("accuracy=")
+    assert row[:3] == ["mnist", "Ready", "1"] and row[3].startswith("accuracy="), table
 
     status = pipelines.status("mnist")
     serving = status["serving"]

@@ -353,15 +353,16 @@ def test_a_candidate_answering_errors_is_rolled_back_and_only_it_failed(
     took = (_time(state.finished_at) - _time(live[0].started_at)).total_seconds()
     assert took <= 2 * INTERVAL + 2, took
     _detached(machine)
-    # Every failed request is one the faulty candidate answered: the clients saw its own
-    # error, HAProxy counted every 5xx on the candidate, none on the stable server and none
-    # of its own (no refused connection, no broken answer, no retry).
-    assert clients.failed, clients.answered
-    assert {status for status, _ in clients.failed} == {500}, clients.failed
+    # Every failed request is one the faulty candidate answered: what the clients saw (the
+    # candidate's share of their requests is small, so at 5 % they may see none; the replayed
+    # traffic sees the rest) is its own error; HAProxy counted every 5xx on the candidate, none
+    # on the stable server and none of its own (no refused connection, no broken answer, no
+    # retry).
+    assert {status for status, _ in clients.failed} <= {500}, clients.failed
     assert all("injected fault" in body for _, body in clients.failed), clients.failed
     after = machine.counters()
     delta = {role: after[role] - before.get(role, Counter()) for role in after}
-    assert delta["candidate"]["hrsp_5xx"] >= len(clients.failed)
+    assert delta["candidate"]["hrsp_5xx"] >= max(1, len(clients.failed)), delta
     assert delta["BACKEND"]["hrsp_5xx"] == delta["candidate"]["hrsp_5xx"], delta
     assert delta["stable"]["hrsp_5xx"] == 0, delta
     for role in ("stable", "candidate", "BACKEND"):

@@ -125,6 +125,9 @@ spec:
 - {name: MLCD_SERVING, value: kserve}
 - {name: MLCD_KSERVE_RUNTIME, value: {{ .Values.kserve.runtime | quote }}}
 - {name: MLCD_KSERVE_NAMESPACE, value: {{ .Values.kserve.namespace | quote }}}
+{{- with .Values.kserve.deploymentMode }}
+- {name: MLCD_KSERVE_DEPLOYMENT_MODE, value: {{ . | quote }}}
+{{- end }}
 {{- end }}
 {{- with .Values.prometheus.url }}
 - {name: MLCD_PROMETHEUS_URL, value: {{ . | quote }}}
