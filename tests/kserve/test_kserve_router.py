@@ -195,6 +195,14 @@ def test_the_route_goes_with_the_inferenceservice(
 ) -> None:
     serving.serve(ref("1"))
     router.reconcile(key, serving.predictor_url(ref("1")), None)
+    # There is a route to collect, and the InferenceService is its owner.
+    assert backends(api, key) == [("mnist-v1-predictor", 100)]
+    isvc = get_isvc(api, key.namespace, "mnist")
+    assert isvc is not None
+    owners = route(api, key)["metadata"].get("ownerReferences") or []
+    assert [(o["kind"], o["uid"]) for o in owners] == [
+        ("InferenceService", isvc["metadata"]["uid"])
+    ]
     serving.stop()
 
     def gone() -> bool:

@@ -231,16 +231,23 @@ def test_deleting_the_pipeline_deletes_what_it_owns(
     serving: PipelineServing, cluster: Cluster, api: client.ApiClient, namespace: str
 ) -> None:
     serving.serve(ref("1"))
-    cluster.kubectl("delete", "modelpipeline", "digits", "-n", namespace, "--wait=false")
 
-    def gone() -> bool:
+    def owned() -> tuple[bool, bool, bool]:
+        """Whether the InferenceService, a predictor and the credentials' Secret exist."""
         core = client.CoreV1Api(api)
         names = {s.metadata.name for s in core.list_namespaced_secret(namespace).items}
         return (
-            get_isvc(api, namespace, "mnist") is None
-            and not predictors(api, namespace)
-            and "mlcd-digits-s3" not in names
+            get_isvc(api, namespace, "mnist") is not None,
+            bool(predictors(api, namespace)),
+            "mlcd-digits-s3" in names,
         )
+
+    # There is something to collect: KServe creates the predictor a moment after the serve.
+    wait_for("the InferenceService, its predictor and the secret", lambda: all(owned()), 60)
+    cluster.kubectl("delete", "modelpipeline", "digits", "-n", namespace, "--wait=false")
+
+    def gone() -> bool:
+        return not any(owned())
 
     # The garbage collector learns of a CRD installed a moment ago at its next sync (30 s).
     wait_for("the InferenceService, its predictor and the secret collected", gone, timeout=60)
