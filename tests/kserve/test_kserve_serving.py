@@ -29,6 +29,12 @@ from testenv.kube import KubeAPIServer
 from testenv.stack import Stack
 
 
+def owner_uids(metadata: dict[str, Any]) -> list[str]:
+    """The uids of an object's owners, from its metadata (the API's or the client's names)."""
+    refs = metadata.get("ownerReferences") or metadata.get("owner_references") or []
+    return [ref["uid"] for ref in refs]
+
+
 def serving_for(
     kube: KubeAPI, pipeline: Pipeline, resolve: SecretResolver = secrets, **options: Any
 ) -> PipelineServing:
@@ -228,29 +234,49 @@ def test_kserve_not_installed_is_a_clear_condition(
 
 
 def test_deleting_the_pipeline_deletes_what_it_owns(
-    serving: PipelineServing, cluster: Cluster, api: client.ApiClient, namespace: str
+    serving: PipelineServing,
+    cluster: Cluster,
+    api: client.ApiClient,
+    namespace: str,
+    pipeline: Pipeline,
 ) -> None:
     serving.serve(ref("1"))
+    core = client.CoreV1Api(api)
 
-    def owned() -> tuple[bool, bool, bool]:
-        """Whether the InferenceService, a predictor and the credentials' Secret exist."""
-        core = client.CoreV1Api(api)
-        names = {s.metadata.name for s in core.list_namespaced_secret(namespace).items}
-        return (
-            get_isvc(api, namespace, "mnist") is not None,
-            bool(predictors(api, namespace)),
-            "mlcd-digits-s3" in names,
-        )
+    def owned() -> dict[str, list[str]]:
+        """What serving made for the pipeline and is still there, each with its owners' uids."""
+        found: dict[str, list[str]] = {}
+        isvc = get_isvc(api, namespace, "mnist")
+        if isvc is not None:
+            found["InferenceService mnist"] = owner_uids(isvc["metadata"])
+        for name, deployment in predictors(api, namespace).items():
+            found[f"Deployment {name}"] = owner_uids(deployment.metadata.to_dict())
+        for secret in core.list_namespaced_secret(namespace).items:
+            if secret.metadata.name == "mlcd-digits-s3":
+                found["Secret mlcd-digits-s3"] = owner_uids(secret.metadata.to_dict())
+        for account in core.list_namespaced_service_account(namespace).items:
+            if account.metadata.name == "mlcd-digits":
+                found["ServiceAccount mlcd-digits"] = owner_uids(account.metadata.to_dict())
+        return found
 
-    # There is something to collect: KServe creates the predictor a moment after the serve.
-    wait_for("the InferenceService, its predictor and the secret", lambda: all(owned()), 60)
+    # There is something to collect (KServe creates the predictor a moment after the serve),
+    # and the pipeline owns it: directly, or through the InferenceService.
+    wait_for("the predictor", lambda: "Deployment mnist-v1-predictor" in owned(), timeout=60)
+    before = owned()
+    isvc = get_isvc(api, namespace, "mnist")
+    assert isvc is not None
+    isvc_uid = isvc["metadata"]["uid"]
+    assert before == {
+        "InferenceService mnist": [pipeline.uid],
+        "Deployment mnist-v1-predictor": [isvc_uid],
+        "Secret mlcd-digits-s3": [pipeline.uid],
+        "ServiceAccount mlcd-digits": [pipeline.uid],
+    }
+
     cluster.kubectl("delete", "modelpipeline", "digits", "-n", namespace, "--wait=false")
-
-    def gone() -> bool:
-        return not any(owned())
-
     # The garbage collector learns of a CRD installed a moment ago at its next sync (30 s).
-    wait_for("the InferenceService, its predictor and the secret collected", gone, timeout=60)
+    wait_for("what the pipeline owned collected", lambda: not owned(), timeout=60)
+    assert owned() == {}
 
 
 def test_stop_deletes_the_inferenceservice_and_credentials(
