@@ -19,6 +19,7 @@ import yaml
 from kubernetes import client
 
 from helpers import wait_for
+from mlcd.k8s.operator import FINALIZER
 from testenv.cluster import Cluster
 from testenv.manifests import kustomize
 from testenv.proc import free_port
@@ -203,6 +204,18 @@ class Pipelines:
 
     def status(self, name: str) -> dict[str, Any]:
         return self.get(name).get("status") or {}
+
+    def settled_version(self, name: str, timeout: float = 30) -> str:
+        """The object's resourceVersion once the operator's first pass is wholly written: kopf
+        adds its finalizer in a write of its own after the handler, which may land after the
+        status the handler wrote. From then on, a pass that changes nothing writes nothing."""
+
+        def version() -> str | None:
+            meta = self.get(name)["metadata"]
+            return meta["resourceVersion"] if FINALIZER in meta.get("finalizers", []) else None
+
+        result: str = wait_for(f"{name} holding the operator's finalizer", version, timeout)
+        return result
 
     def patch(self, name: str, patch: dict[str, Any]) -> None:
         self.api.patch_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name, patch)

@@ -397,7 +397,7 @@ def test_kserve_not_installed_is_a_clear_condition_and_no_crash_loop(
             assert status["phase"] == "Invalid" and not status.get("activeRuns")
             assert pipelines.reasons("digits").count("InvalidSpec") == 1
             # No crash loop: the operator keeps running and keeps its word.
-            version = pipelines.get("digits")["metadata"]["resourceVersion"]
+            version = pipelines.settled_version("digits")
             time.sleep(4)
             assert started.proc is not None and started.proc.poll() is None
             assert pipelines.get("digits")["metadata"]["resourceVersion"] == version

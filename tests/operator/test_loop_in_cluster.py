@@ -53,6 +53,6 @@ def test_new_pipeline_trains_gates_and_serves(start_operator, pipelines, digits_
     assert metric_value(metrics, "mlcd_stage_duration_seconds_count", stage="train") == 1.0
 
     # Nothing changes, so nothing is written.
-    version = pipelines.get("digits")["metadata"]["resourceVersion"]
+    version = pipelines.settled_version("digits")
     time.sleep(5)
     assert pipelines.get("digits")["metadata"]["resourceVersion"] == version

@@ -86,7 +86,7 @@ def test_problems_only_the_operator_can_know(start_operator, pipelines, digits_f
             assert pipelines.status(name)["phase"] == "Invalid"
         assert pipelines.status(name).get("runs", []) == []
     # Reported once; nothing is retried in a loop and nothing is rewritten.
-    versions = {n: pipelines.get(n)["metadata"]["resourceVersion"] for n, *_ in names}
+    versions = {n: pipelines.settled_version(n) for n, *_ in names}
     time.sleep(5)
     for name, _, reason, _ in names:
         assert pipelines.get(name)["metadata"]["resourceVersion"] == versions[name]
