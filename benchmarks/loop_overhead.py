@@ -11,6 +11,9 @@ trainer processes and the model server excluded, the server reported on its own)
 time each kind of process used. For each pair it prints where the seconds went: each stage of
 mlcd beside the bare script's, the start, the gaps between stages (kfp.local starting the next
 component) and the end, and the CPU every other process took while trainers ran.
+
+Both sides are measured the same way: the sampler that reads the processes' memory and CPU
+runs during the bare script too (its own CPU is printed), so its cost is on both sides.
 """
 
 from __future__ import annotations
@@ -39,6 +42,10 @@ EXAMPLE = ROOT / "examples" / "mnist" / "modelpipeline.yaml"
 class RssSampler:
     """Peak RSS of a process tree, split into orchestration, trainers and the model server."""
 
+    #: Seconds between samples: often enough for peaks of stages that last seconds, seldom
+    #: enough that reading every process's /proc files stays a small load.
+    INTERVAL = 0.25
+
     def __init__(self, root_pid: int, home: pathlib.Path) -> None:
         self.root = root_pid
         # Other runs may share the machine: a process is this run's if it points into home.
@@ -52,6 +59,7 @@ class RssSampler:
         self.trainer_seconds = 0.0  # wall seconds during which a trainer ran
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
+        self.own_cpu = 0.0  # CPU seconds the sampling itself took (its thread)
 
     @staticmethod
     def name(argv: list[str]) -> str:
@@ -81,6 +89,13 @@ class RssSampler:
         return "orchestrator"
 
     def _run(self) -> None:
+        started = time.thread_time()
+        try:
+            self._sample()
+        finally:
+            self.own_cpu = time.thread_time() - started
+
+    def _sample(self) -> None:
         last = time.monotonic()
         while not self.stop.is_set():
             now = time.monotonic()
@@ -133,7 +148,7 @@ class RssSampler:
                         spent = seconds - before.get(pid, seconds)
                         name = self.program.get(pid, "?")
                         self.beside_trainers[name] = self.beside_trainers.get(name, 0.0) + spent
-            time.sleep(0.1)
+            self.stop.wait(self.INTERVAL)
 
     def cpu_seconds(self) -> dict[str, float]:
         """CPU time by kind, as last sampled (a process's last 0.1 s may be missed)."""
@@ -193,6 +208,7 @@ def run_mlcd(home: pathlib.Path, data: pathlib.Path, sets: list[str]) -> dict:
         "trainer_seconds": rss.trainer_seconds,
         "phases": phases(run_dir, started_at, ended_at),
         "trial_seconds": sum(float(t.get("seconds") or 0) for t in tune["trials"]),
+        "sampler_cpu": rss.own_cpu,
     }
 
 
@@ -322,6 +338,18 @@ def bare_loop(
     return time.monotonic() - started, spent
 
 
+def run_bare(
+    data: pathlib.Path, trials: list[dict], sets: list[str], work: pathlib.Path
+) -> tuple[float, dict[str, float]]:
+    """The bare script under the same sampler as ``mlcd run`` (its processes are this one's
+    children, and their environment points into ``work``)."""
+    work.mkdir()
+    with RssSampler(os.getpid(), work) as rss:
+        bare, spent = bare_loop(data, trials, sets, work)
+    spent["sampler_cpu"] = rss.own_cpu
+    return bare, spent
+
+
 def where_it_went(measured: dict, bare: float, bare_spent: dict[str, float]) -> None:
     """One pair: each part of mlcd's wall time beside the bare script's, and the CPU the
     other processes took while trainers ran (cores the trainers did not get)."""
@@ -338,6 +366,7 @@ def where_it_went(measured: dict, bare: float, bare_spent: dict[str, float]) -> 
         ("gate + export", (spent.get("gate") or 0) + (spent.get("export") or 0), None),
         ("between stages (kfp.local)", spent.get("between stages"), None),
         ("end (report, serving, exit)", spent.get("end"), None),
+        ("(CPU of the sampler itself)", measured.get("sampler_cpu"), bare_spent.get("sampler_cpu")),
     ]
     for name, mine, theirs in rows:
         left = f"{mine:8.1f}" if mine is not None else "       -"
@@ -374,8 +403,7 @@ def main() -> None:
             first_bare = i % 2 == 1
             if first_bare:
                 print(f"bare script, same trials and training ({i + 1}/{args.repeat}) ...")
-                (work / f"bare-{i}").mkdir()
-                bare, bare_spent = bare_loop(data, trials, args.sets, work / f"bare-{i}")
+                bare, bare_spent = run_bare(data, trials, args.sets, work / f"bare-{i}")
             print(f"mlcd run on the example ({i + 1}/{args.repeat}) ...", flush=True)
             measured = run_mlcd(work / f"home-{i}", data, args.sets)
             runs.append(measured)
@@ -388,8 +416,7 @@ def main() -> None:
             print(f"  {measured['wall']:.1f} s", flush=True)
             if not first_bare:
                 print(f"bare script, same trials and training ({i + 1}/{args.repeat}) ...")
-                (work / f"bare-{i}").mkdir()
-                bare, bare_spent = bare_loop(data, trials, args.sets, work / f"bare-{i}")
+                bare, bare_spent = run_bare(data, trials, args.sets, work / f"bare-{i}")
             bares.append(bare)
             print(f"  {bare:.1f} s   pair ratio {measured['wall'] / bare:.3f}", flush=True)
             where_it_went(measured, bare, bare_spent)
