@@ -33,13 +33,20 @@ def main(argv: list[str]) -> int:
     warnings.filterwarnings("ignore")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
+    # KFP's own runtime flag makes ``import kfp`` skip its API client (and the Kubernetes
+    # client under it: half a second). The runner never talks to a KFP API, so the package is
+    # imported with the flag, and the DSL and kfp.local without it.
+    os.environ["_KFP_RUNTIME"] = "true"
+    import kfp
+
+    del os.environ["_KFP_RUNTIME"]
     import kfp.local
 
     from mlcd.pipeline.context import RunContext
     from mlcd.pipeline.definition import training_pipeline
     from mlcd.pipeline.outcome import assemble
 
-    # KFP's own runtime flag: component processes skip importing the KFP client (seconds each).
+    # The component processes keep the flag: they skip importing the KFP client (seconds each).
     os.environ["_KFP_RUNTIME"] = "true"
     ctx = RunContext.parse(text)
     started = (
