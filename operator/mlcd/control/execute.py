@@ -60,7 +60,6 @@ from mlcd.ports import (
     RunRequest,
     TrafficRouter,
 )
-from mlcd.serving.holdout import holdout_samples
 
 LOG = logging.getLogger("mlcd.operator")
 Post_ = Callable[[Notice], None]
@@ -276,6 +275,8 @@ class Executor:
         url = self.router.url(key) if hasattr(self.router, "url") else None
         if url is None:
             return
+        # Here, not at the top: numpy is for replays only, and every command imports this.
+        from mlcd.serving.holdout import holdout_samples
         from mlcd.serving.router.replay import Replay as Replayer
 
         samples = holdout_samples(pipeline, self.secrets(key.namespace), self.state_dir)

@@ -24,6 +24,8 @@ from typing import Any
 
 from mlcd.artifacts.credentials import directory_secrets
 from mlcd.control.controller import Controller, ControllerSettings
+from mlcd.domain.decide import Decision
+from mlcd.domain.intents import Post
 from mlcd.domain.records import RunRecord
 from mlcd.domain.rollout import RolloutState
 from mlcd.domain.spec import ModelPipeline
@@ -38,8 +40,15 @@ from mlcd.serving.local import LocalServing
 from mlcd.serving.router.haproxy import LocalRouter, haproxy_binary
 from mlcd.settings import LocalSettings
 
-#: Seconds between passes while a run is in progress.
+#: Seconds between passes while a run is in progress. A pass that did something (other than
+#: posting an Event) is followed by one at once, which sees what it did: a model the server
+#: has just loaded is announced without waiting for the next interval.
 PASS_INTERVAL = 0.25
+
+
+def acted(decision: Decision) -> bool:
+    """Whether the pass carried out anything but Events."""
+    return any(not isinstance(intent, Post) for intent in decision.intents)
 
 
 class Busy(MlcdError):
@@ -64,9 +73,14 @@ class StatusFile:
     def save(self, namespace: str, name: str, status: ModelPipelineStatus) -> None:
         folder = self.folder(namespace, name)
         folder.mkdir(parents=True, exist_ok=True)
+        text = status.model_dump_json(by_alias=True, exclude_none=True, indent=2)
+        path = folder / "status.json"
+        with contextlib.suppress(OSError):
+            if path.read_text() == text:
+                return  # most passes change nothing: no write, no rename
         tmp = folder / ".status.json.tmp"
-        tmp.write_text(status.model_dump_json(by_alias=True, exclude_none=True, indent=2))
-        tmp.replace(folder / "status.json")
+        tmp.write_text(text)
+        tmp.replace(path)
 
     def pipelines(self, namespace: str) -> list[str]:
         root = self.home / "pipelines" / namespace
@@ -256,6 +270,7 @@ class LocalLoop:
         body: dict[str, Any] = {**resource, "metadata": metadata}
         offsets: dict[int, int] = {}
         announced = False
+        again = False  # this pass follows one that acted, at once
         while True:
             body = {**self.with_controls(resource), "metadata": metadata}
             body["status"] = self.status(pipeline).model_dump(by_alias=True, exclude_none=True)
@@ -293,7 +308,11 @@ class LocalLoop:
                     raise SpecError(
                         [FieldProblem(path, reason) if reason else FieldProblem("spec", path)]
                     )
-            interrupts.wait(PASS_INTERVAL)
+            # At once after a pass that acted, but never twice in a row: an intent some state
+            # repeats every pass cannot turn the loop into a busy one.
+            again = acted(decision) and not again
+            if not again:
+                interrupts.wait(PASS_INTERVAL)
 
     def drive(
         self,

@@ -14,6 +14,7 @@ import time
 
 import httpx
 
+from mlcd import loopback
 from mlcd.errors import PermanentError, TemporaryError
 from mlcd.metrics.prometheus import PrometheusProvider
 from mlcd.processes import alive, free_port, kill_group, start_time
@@ -69,7 +70,7 @@ class EmbeddedPrometheus:
         record = self._record()
         url = str(record["url"])
         with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{url}/-/ready", timeout=2.0).status_code == 200:
+            if loopback.get(f"{url}/-/ready", timeout=2.0).status_code == 200:
                 return url
         return None
 

@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 import httpx
 
+from mlcd import loopback
 from mlcd.artifacts.hashing import sha256_file
 from mlcd.domain.observations import ServingView
 from mlcd.domain.records import ModelRef
@@ -101,7 +102,7 @@ class LocalServing:
         if not info or not _alive(info):
             return None
         try:
-            response = httpx.get(f"{info['url']}/v2/health/live", timeout=2.0)
+            response = loopback.get(f"{info['url']}/v2/health/live", timeout=2.0)
         except httpx.HTTPError:
             return None
         if response.status_code != 200:
@@ -121,7 +122,7 @@ class LocalServing:
         if info is None:
             return ServingView(ready=False, reason="the model server is not running")
         try:
-            answer = httpx.get(f"{info.url}/v2/models/{model}/ready", timeout=2.0)
+            answer = loopback.get(f"{info.url}/v2/models/{model}/ready", timeout=2.0)
         except httpx.HTTPError as exc:
             return ServingView(ready=False, url=info.url, reason=f"it does not answer: {exc}")
         served = _read_json(self._dir(key, role) / "served.json")
@@ -195,7 +196,7 @@ class LocalServing:
 
     def _reload(self, model: str, info: ServerInfo) -> None:
         try:
-            response = httpx.post(f"{info.url}/v2/repository/models/{model}/load", timeout=120.0)
+            response = loopback.post(f"{info.url}/v2/repository/models/{model}/load", timeout=120.0)
         except httpx.HTTPError as exc:
             raise StageFailed(f"model server at {info.url} did not answer: {exc}") from exc
         if response.status_code != 200:
@@ -288,7 +289,7 @@ class LocalServing:
             if (child is not None and child.poll() is not None) or not alive(pid):
                 raise StageFailed(f"model server exited:\n{_tail(folder / 'server.log')}")
             with contextlib.suppress(httpx.HTTPError):
-                ready = httpx.get(f"{url}/v2/models/{model}/ready", timeout=1.0)
+                ready = loopback.get(f"{url}/v2/models/{model}/ready", timeout=1.0)
                 if ready.status_code == 200:
                     return ServerInfo(pid, port, url)
             time.sleep(0.2)

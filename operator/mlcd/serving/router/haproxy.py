@@ -30,6 +30,7 @@ from typing import Any
 
 import httpx
 
+from mlcd import loopback
 from mlcd.domain.rollout import Builtins, Targets
 from mlcd.errors import PermanentError, TemporaryError
 from mlcd.ports import PipelineKey, Routes
@@ -306,7 +307,7 @@ class LocalRouter:
         if self.runtime(key).server_state(SPLIT, name).get("srv_op_state") != "2":
             return False
         try:
-            response = httpx.get(f"{proxy.candidate}/v2/health/ready", timeout=2.0)
+            response = loopback.get(f"{proxy.candidate}/v2/health/ready", timeout=2.0)
         except httpx.HTTPError:
             return False
         return response.status_code == 200
