@@ -25,6 +25,10 @@ from testenv.manifests import kustomize
 from testenv.proc import free_port
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+#: Where kopf keeps the spec it last handled (its default diff-base storage): written in a
+#: patch of its own once it has handled the object's creation.
+DIFF_BASE = "kopf.zalando.org/last-handled-configuration"
 GROUP, VERSION, PLURAL = "mlcd.io", "v1alpha1", "modelpipelines"
 NAMESPACE, ACCOUNT = "mlcd-system", "mlcd-operator"
 # What of deploy/ the tests install: the operator's identity and permissions, not its pod.
@@ -206,15 +210,19 @@ class Pipelines:
         return self.get(name).get("status") or {}
 
     def settled_version(self, name: str, timeout: float = 30) -> str:
-        """The object's resourceVersion once the operator's first pass is wholly written: kopf
-        adds its finalizer in a write of its own after the handler, which may land after the
-        status the handler wrote. From then on, a pass that changes nothing writes nothing."""
+        """The object's resourceVersion once the operator's first pass is wholly written.
+        Besides the status the handler writes, kopf writes twice, each in a patch of its own
+        that may land after the status: its finalizer, then the spec it handled (the diff
+        base). From then on, a pass that changes nothing writes nothing."""
 
         def version() -> str | None:
             meta = self.get(name)["metadata"]
-            return meta["resourceVersion"] if FINALIZER in meta.get("finalizers", []) else None
+            settled = FINALIZER in meta.get("finalizers", []) and DIFF_BASE in (
+                meta.get("annotations") or {}
+            )
+            return meta["resourceVersion"] if settled else None
 
-        result: str = wait_for(f"{name} holding the operator's finalizer", version, timeout)
+        result: str = wait_for(f"{name} with kopf's finalizer and diff base", version, timeout)
         return result
 
     def patch(self, name: str, patch: dict[str, Any]) -> None:
