@@ -151,7 +151,7 @@ class RssSampler:
             self.stop.wait(self.INTERVAL)
 
     def cpu_seconds(self) -> dict[str, float]:
-        """CPU time by kind, as last sampled (a process's last 0.1 s may be missed)."""
+        """CPU time by kind, as last sampled (a process's last interval may be missed)."""
         out = dict.fromkeys(self.peak, 0.0)
         for kind, seconds in self.cpu.values():
             out[kind] += seconds

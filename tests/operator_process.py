@@ -26,11 +26,13 @@ from testenv.proc import free_port
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
+GROUP, VERSION, PLURAL = "mlcd.io", "v1alpha1", "modelpipelines"
+NAMESPACE, ACCOUNT = "mlcd-system", "mlcd-operator"
+
 #: Where kopf keeps the spec it last handled (its default diff-base storage): written in a
 #: patch of its own once it has handled the object's creation.
 DIFF_BASE = "kopf.zalando.org/last-handled-configuration"
-GROUP, VERSION, PLURAL = "mlcd.io", "v1alpha1", "modelpipelines"
-NAMESPACE, ACCOUNT = "mlcd-system", "mlcd-operator"
+
 # What of deploy/ the tests install: the operator's identity and permissions, not its pod.
 INSTALLED_KINDS = {
     "Namespace",
